@@ -1,0 +1,66 @@
+"""The batch format shared by the model, the losses, training and inference.
+
+Points and voxels of all scans in a batch are concatenated; ``voxel_coords`` carries the
+batch index in column 0 (spconv's layout) and ``point_to_voxel`` indexes the concatenated
+voxel rows, so a point's voxel is ``voxel_coords[point_to_voxel[i]]`` whatever its scan.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from pvd_core.voxelizer import VoxelizedScan
+
+
+@dataclass
+class Batch:
+    point_features: torch.Tensor  # (P, 9) float32
+    point_batch: torch.Tensor  # (P,) int64 scan index of each point
+    point_to_voxel: torch.Tensor  # (P,) int64 row in voxel_coords
+    voxel_coords: torch.Tensor  # (V, 4) int32 [batch, rho, phi, z]
+    batch_size: int
+    spatial_shape: list[int]  # grid size (rho, phi, z)
+    point_labels: Optional[torch.Tensor] = None  # (P,) int64
+    voxel_labels: Optional[torch.Tensor] = None  # (V,) int64
+
+    def to(self, device: torch.device | str) -> "Batch":
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            moved[f.name] = value.to(device, non_blocking=True) if torch.is_tensor(value) else value
+        return Batch(**moved)
+
+    @property
+    def num_points(self) -> int:
+        return int(self.point_features.shape[0])
+
+    @property
+    def num_voxels(self) -> int:
+        return int(self.voxel_coords.shape[0])
+
+
+def collate_scans(scans: Sequence[VoxelizedScan], spatial_shape: Sequence[int]) -> Batch:
+    """Concatenate voxelized scans into one Batch (labels kept only if every scan has them)."""
+    if not scans:
+        raise ValueError("collate_scans needs at least one scan")
+    voxel_offsets = np.cumsum([0] + [s.num_voxels for s in scans[:-1]])
+    coords = np.concatenate([
+        np.concatenate([np.full((s.num_voxels, 1), b, np.int32), s.voxel_coords], axis=1)
+        for b, s in enumerate(scans)
+    ])
+    point_to_voxel = np.concatenate([s.point_to_voxel + off for s, off in zip(scans, voxel_offsets)])
+    point_batch = np.concatenate([np.full(s.num_points, b, np.int64) for b, s in enumerate(scans)])
+    labelled = all(s.point_labels is not None for s in scans)
+    return Batch(
+        point_features=torch.from_numpy(np.concatenate([s.point_features for s in scans])),
+        point_batch=torch.from_numpy(point_batch),
+        point_to_voxel=torch.from_numpy(point_to_voxel.astype(np.int64)),
+        voxel_coords=torch.from_numpy(coords),
+        batch_size=len(scans),
+        spatial_shape=[int(s) for s in spatial_shape],
+        point_labels=torch.from_numpy(np.concatenate([s.point_labels for s in scans])) if labelled else None,
+        voxel_labels=torch.from_numpy(np.concatenate([s.voxel_labels for s in scans])) if labelled else None,
+    )

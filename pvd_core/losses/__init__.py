@@ -1,0 +1,1 @@
+"""Supervised segmentation losses and the four PVD distillation losses."""

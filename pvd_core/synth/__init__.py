@@ -1,0 +1,1 @@
+"""Synthetic labelled LiDAR: procedural streets ray-cast by a sensor model."""

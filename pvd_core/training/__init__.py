@@ -1,0 +1,1 @@
+"""Teacher training, PVD distillation, resume and multi-process training."""
