@@ -52,11 +52,9 @@ class GridConfig:
     def validate(self, where: str) -> None:
         if len(self.size) != 3 or any(s < 2 for s in self.size):
             raise ConfigError(f"{where}.size must be three integers >= 2, got {self.size}")
-        # The UNet halves rho and phi four times and z twice (strides 2,2,2 / 2,2,2 / 2,2,1 / 2,2,1).
-        if self.size[0] % 16 or self.size[1] % 16 or self.size[2] % 4:
-            raise ConfigError(
-                f"{where}.size {self.size}: rho and phi cells must be multiples of 16 and z cells a "
-                "multiple of 4 (the encoder downsamples rho/phi 4 times and z twice)")
+        # No divisibility rule: the encoder's stride-2 sparse convs (padding 1) round odd sizes
+        # up (360 phi cells -> 180 -> 90 -> 45 -> 23) and the inverse convs reuse the encoder
+        # rulebooks, so upstream's 480 x 360 x 32 grid works as published.
         for name in ("rho", "phi", "z"):
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or not lo_hi[0] < lo_hi[1]:
@@ -234,25 +232,33 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if data is None:
         return cls()
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where.removesuffix(': ')} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(names)}")
+        root, _, path = where.partition(": ")
+        dotted = ", ".join(f"{path}.{k}" if path else str(k) for k in unknown)
+        raise ConfigError(f"{root}: unknown key(s) {dotted}; known keys{' of ' + path if path else ''} "
+                          f"are {sorted(names)}")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{where}.{name}")
+            kwargs[name] = _build(hint, value, _join(where, name))
         else:
-            kwargs[name] = _check_value(value, hint, f"{where}.{name}")
+            kwargs[name] = _check_value(value, hint, _join(where, name))
     return cls(**kwargs)
+
+
+def _join(where: str, name: Any) -> str:
+    """Dotted field path; the root ``where`` (a file name or 'config') is set off by ': '."""
+    return f"{where}{name}" if where.endswith(": ") else f"{where}.{name}"
 
 
 def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
     """Build and validate a Config from a plain mapping (a YAML document or a checkpoint)."""
-    cfg = _build(Config, data, where)
+    cfg = _build(Config, data, f"{where}: ")
     if cfg.dataset.kind == "semantickitti":
         # YAML turns 08 into the integer 8: restore the two-digit sequence names.
         cfg.dataset.train_sequences = [s.zfill(2) for s in cfg.dataset.train_sequences]
@@ -269,6 +275,8 @@ def load_config(path: Union[str, Path], data_root: Optional[str] = None) -> Conf
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the document must be a mapping of sections, got {type(data).__name__}")
     if data_root is not None:
         data.setdefault("dataset", {})
         data["dataset"] = dict(data["dataset"] or {}, data_root=str(data_root))

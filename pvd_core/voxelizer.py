@@ -64,6 +64,17 @@ class CylindricalVoxelizer:
         self._top = torch.from_numpy(self.size - 1)
         self._local = threading.local()  # the lookup table is scratch space: one per thread
 
+    def __getstate__(self) -> dict:
+        # DataLoader workers started by spawn/forkserver receive the dataset (and this
+        # voxelizer) pickled; the per-thread scratch table is rebuilt on the other side.
+        state = self.__dict__.copy()
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
     def polar(self, xyz: np.ndarray) -> np.ndarray:
         """(N, 3) cartesian -> (N, 3) float32 (rho, phi, z)."""
         t = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32))
@@ -75,7 +86,10 @@ class CylindricalVoxelizer:
         return torch.stack([torch.hypot(x, y), torch.atan2(y, x), xyz[:, 2]], dim=1)
 
     def in_volume(self, pol: np.ndarray) -> np.ndarray:
-        return np.all((pol >= self.min_bound) & (pol <= self.max_bound), axis=1)
+        # Bounds rounded to the points' precision: float32 atan2 returns float32(pi) > math.pi
+        # for points straight behind the sensor, which must count as inside [-pi, pi].
+        pol = np.asarray(pol)
+        return np.all((pol >= self.min_bound.astype(pol.dtype)) & (pol <= self.max_bound.astype(pol.dtype)), axis=1)
 
     def cell_of(self, pol: np.ndarray) -> np.ndarray:
         """Grid cell (int64) of polar points, clipped to the volume (upstream rule)."""
@@ -105,7 +119,8 @@ class CylindricalVoxelizer:
         kept = torch.isfinite(pts.sum(dim=1))
         pol = self._polar(pts)
         if self.grid.out_of_volume == "drop":
-            kept &= ((pol.double() >= self._lo) & (pol.double() <= self._hi)).all(dim=1)
+            # Compare in float32 (see in_volume): float32(pi) from atan2 is inside [-pi, pi].
+            kept &= ((pol >= self._lo.float()) & (pol <= self._hi.float())).all(dim=1)
         if not bool(kept.all()):
             pts, pol = pts[kept], pol[kept]
         pol64 = pol.double()
