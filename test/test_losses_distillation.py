@@ -1,0 +1,249 @@
+"""PVD losses: KL and affinity properties, no gradient to the teacher, the per-supervoxel
+draws, and PVDLoss end to end on synthetic outputs and on a real voxelized scan."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pvd_core.config import DistillConfig, GridConfig
+from pvd_core.data.batch import Batch, collate_scans
+from pvd_core.losses.distillation import PVDLoss, affinity_loss, draw_members, kl_distillation
+from pvd_core.losses.supervoxel import class_weights_from_counts, supervoxel_ids
+from pvd_core.models.outputs import SegOutput
+
+SHAPE = [32, 32, 8]
+C = 6
+
+
+def make_batch(seed: int = 0, batch_size: int = 2, voxels_per_scan: int = 120, points_per_voxel: int = 4,
+               labels: bool = True) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    coords, p2v, feats, pbatch = [], [], [], []
+    offset = 0
+    for b in range(batch_size):
+        lin = torch.randperm(SHAPE[0] * SHAPE[1] * SHAPE[2], generator=g)[:voxels_per_scan].sort().values
+        cells = torch.stack([lin // (SHAPE[1] * SHAPE[2]), (lin // SHAPE[2]) % SHAPE[1], lin % SHAPE[2]], 1)
+        coords.append(torch.cat([torch.full((voxels_per_scan, 1), b), cells], 1).int())
+        n_pts = voxels_per_scan * points_per_voxel
+        v_of_p = torch.randint(0, voxels_per_scan, (n_pts,), generator=g)
+        f = torch.randn(n_pts, 9, generator=g)
+        f[:, 3] = (cells[v_of_p, 0].float() + torch.rand(n_pts, generator=g)) * 50.0 / SHAPE[0]  # rho in metres
+        p2v.append(v_of_p + offset)
+        feats.append(f)
+        pbatch.append(torch.full((n_pts,), b))
+        offset += voxels_per_scan
+    p2v_t = torch.cat(p2v)
+    point_labels = torch.randint(0, C, (p2v_t.shape[0],), generator=g) if labels else None
+    voxel_labels = torch.randint(0, C, (offset,), generator=g) if labels else None
+    return Batch(point_features=torch.cat(feats), point_batch=torch.cat(pbatch), point_to_voxel=p2v_t,
+                 voxel_coords=torch.cat(coords), batch_size=batch_size, spatial_shape=list(SHAPE),
+                 point_labels=point_labels, voxel_labels=voxel_labels)
+
+
+def make_output(batch: Batch, voxel_width: int, seed: int, requires_grad: bool = True) -> SegOutput:
+    g = torch.Generator().manual_seed(seed)
+
+    def t(*shape):
+        return torch.randn(*shape, generator=g).requires_grad_(requires_grad)
+
+    return SegOutput(point_logits=t(batch.num_points, C), voxel_logits=t(batch.num_voxels, C),
+                     point_features=t(batch.num_points, 64), voxel_features=t(batch.num_voxels, voxel_width),
+                     point_to_voxel=batch.point_to_voxel, voxel_coords=batch.voxel_coords)
+
+
+def small_cfg(**kw) -> DistillConfig:
+    base = dict(enabled=True, supervoxel=[8, 8, 4], num_supervoxels=4, points_per_supervoxel=16,
+                voxels_per_supervoxel=8, min_points=2, alpha_p=1.0, alpha_v=0.5, beta_p=2.0, beta_v=3.0,
+                temperature=2.0)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+CLASS_WEIGHTS = class_weights_from_counts(np.array([0, 500, 200, 50, 10, 2]))
+
+
+def test_kl_zero_for_equal_logits_positive_otherwise_and_matches_definition():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(50, C, generator=g)
+    for T in (1.0, 4.0):
+        assert float(kl_distillation(s, s.clone(), T)) == pytest.approx(0.0, abs=1e-6)
+        # A constant shift per row changes no probability: still zero.
+        assert float(kl_distillation(s, s + 3.0, T)) == pytest.approx(0.0, abs=1e-5)
+    t = torch.randn(50, C, generator=g)
+    T = 3.0
+    got = float(kl_distillation(s, t, T))
+    want = float(F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), reduction="batchmean",
+                          log_target=True)) * T * T
+    assert got > 0
+    assert got == pytest.approx(want, rel=1e-5)
+    assert float(kl_distillation(torch.zeros(0, C), torch.zeros(0, C), 2.0)) == 0.0
+
+
+def test_no_gradient_reaches_teacher_even_without_no_grad():
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(20, C, generator=g, requires_grad=True)
+    t = torch.randn(20, C, generator=g, requires_grad=True)
+    kl_distillation(s, t, 2.0).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
+    fs = torch.randn(10, 16, generator=g, requires_grad=True)
+    ft = torch.randn(10, 32, generator=g, requires_grad=True)
+    affinity_loss([fs], [ft]).backward()
+    assert fs.grad is not None and fs.grad.abs().sum() > 0
+    assert ft.grad is None
+
+
+def test_affinity_zero_up_to_positive_scale_and_matches_formula():
+    g = torch.Generator().manual_seed(2)
+    feats = [torch.randn(n, 64, generator=g) for n in (16, 5, 1)]
+    scaled = [f * (0.1 + 5 * torch.rand(f.shape[0], 1, generator=g)) for f in feats]  # per-row positive scale
+    assert float(affinity_loss(scaled, feats)) == pytest.approx(0.0, abs=1e-10)
+    other = [torch.randn(f.shape[0], 32, generator=g) for f in feats]  # narrower "teacher": no adapter needed
+    got = float(affinity_loss(feats, other))
+    want = 0.0
+    for a, b in zip(feats, other):
+        ua, ub = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+        want += float(((ua @ ua.T - ub @ ub.T) ** 2).sum()) / a.shape[0] ** 2
+    want /= len(feats)
+    assert got > 0
+    assert got == pytest.approx(want, rel=1e-5)
+    # A negative scale flips signs of cosines: not an equivalence, the loss sees it.
+    flipped = [f.clone() for f in feats]
+    flipped[0][0] *= -1
+    assert float(affinity_loss(flipped, feats)) > 0
+    with pytest.raises(ValueError, match="rows"):
+        affinity_loss([torch.randn(3, 4)], [torch.randn(4, 4)])
+
+
+def test_draw_members_uniform_without_replacement():
+    gen = torch.Generator().manual_seed(3)
+    group = torch.tensor([0, 1, 1, 1, 1, 1, 2, 2, 5, 1, 2, 0])
+    chosen = torch.tensor([1, 2])
+    counts = torch.zeros(len(group))
+    for _ in range(3000):
+        g1, g2 = draw_members(group, chosen, 2, gen)
+        assert torch.all(group[g1] == 1) and torch.all(group[g2] == 2)
+        assert len(set(g1.tolist())) == 2 and len(set(g2.tolist())) == 2
+        counts[g1] += 1
+        counts[g2] += 1
+    # Group 1 has 6 rows, 2 drawn: each row 1/3 of the time; group 2 has 3 rows: 2/3.
+    freq = counts / 3000
+    in1, in2 = group == 1, group == 2
+    assert torch.all((freq[in1] - 1 / 3).abs() < 0.04)
+    assert torch.all((freq[in2] - 2 / 3).abs() < 0.04)
+    assert float(freq[(group == 0) | (group == 5)].sum()) == 0.0
+    (few,) = draw_members(group, torch.tensor([2]), 10, gen)  # fewer rows than asked: all of them
+    assert sorted(few.tolist()) == [6, 7, 10]
+
+
+def test_pvd_loss_terms_total_and_teacher_isolation():
+    batch = make_batch()
+    student = make_output(batch, voxel_width=8, seed=10)
+    teacher = make_output(batch, voxel_width=16, seed=11)
+    cfg = small_cfg()
+    loss = PVDLoss(cfg, SHAPE, rho_max=50.0, class_weights=CLASS_WEIGHTS)
+    terms = loss(student, teacher, batch, torch.Generator().manual_seed(0))
+    assert set(terms) == {"out_p", "out_v", "aff_p", "aff_v", "pvd"}
+    for name in ("out_p", "out_v", "aff_p", "aff_v"):
+        assert terms[name].item() > 0, name
+    want = 1.0 * terms["out_p"] + 0.5 * terms["out_v"] + 2.0 * terms["aff_p"] + 3.0 * terms["aff_v"]
+    assert terms["pvd"].item() == pytest.approx(want.item(), rel=1e-6)
+    assert loss.last_supervoxels is not None and loss.last_supervoxels.numel() == 4
+    vsv = supervoxel_ids(batch.voxel_coords, SHAPE, cfg.supervoxel)
+    assert set(loss.last_supervoxels.tolist()) <= set(vsv.tolist())  # never an empty supervoxel
+    terms["pvd"].backward()
+    for name in ("point_logits", "voxel_logits", "point_features", "voxel_features"):
+        assert getattr(student, name).grad is not None, name
+        assert getattr(teacher, name).grad is None, name
+
+
+def test_pvd_loss_zero_when_student_matches_teacher_up_to_scale():
+    batch = make_batch(seed=4)
+    teacher = make_output(batch, voxel_width=16, seed=12, requires_grad=False)
+    student = SegOutput(point_logits=teacher.point_logits.clone(), voxel_logits=teacher.voxel_logits.clone(),
+                        point_features=teacher.point_features * 2.5, voxel_features=teacher.voxel_features * 0.3,
+                        point_to_voxel=batch.point_to_voxel, voxel_coords=batch.voxel_coords)
+    terms = PVDLoss(small_cfg(), SHAPE, 50.0, CLASS_WEIGHTS)(student, teacher, batch, torch.Generator().manual_seed(1))
+    for name, value in terms.items():
+        assert value.item() == pytest.approx(0.0, abs=1e-5), name
+
+
+def test_pvd_loss_reproducible_with_generator_and_skips_zero_weights():
+    batch = make_batch(seed=5)
+    student = make_output(batch, 8, seed=20)
+    teacher = make_output(batch, 16, seed=21)
+    loss = PVDLoss(small_cfg(), SHAPE, 50.0, CLASS_WEIGHTS)
+    a = loss(student, teacher, batch, torch.Generator().manual_seed(7))
+    sv_a = loss.last_supervoxels.clone()
+    b = loss(student, teacher, batch, torch.Generator().manual_seed(7))
+    assert torch.equal(sv_a, loss.last_supervoxels)
+    assert a["aff_p"].item() == b["aff_p"].item() and a["aff_v"].item() == b["aff_v"].item()
+    only_kl = PVDLoss(small_cfg(beta_p=0.0, beta_v=0.0, alpha_v=0.0), SHAPE, 50.0, CLASS_WEIGHTS)
+    terms = only_kl(student, teacher, batch, torch.Generator().manual_seed(7))
+    assert only_kl.last_supervoxels is None  # no sampling at all when both affinity weights are 0
+    assert terms["aff_p"].item() == 0.0 and terms["aff_v"].item() == 0.0 and terms["out_v"].item() == 0.0
+    assert terms["pvd"].item() == pytest.approx(terms["out_p"].item())
+
+
+def test_pvd_loss_unlabeled_batches():
+    # No labels at all: the teacher's predictions define the class term.
+    batch = make_batch(seed=6, labels=False)
+    student, teacher = make_output(batch, 8, 30), make_output(batch, 16, 31)
+    loss = PVDLoss(small_cfg(), SHAPE, 50.0, CLASS_WEIGHTS)
+    terms = loss(student, teacher, batch, torch.Generator().manual_seed(0))
+    assert loss.last_supervoxels.numel() == 4 and terms["aff_p"].item() > 0
+    # Every label 0: no supervoxel has a class, the difficulty sampler draws none, nothing is NaN.
+    batch0 = make_batch(seed=6)
+    batch0.point_labels = torch.zeros_like(batch0.point_labels)
+    terms0 = loss(student, teacher, batch0, torch.Generator().manual_seed(0))
+    assert loss.last_supervoxels.numel() == 0
+    assert terms0["aff_p"].item() == 0.0 and all(torch.isfinite(v) for v in terms0.values())
+    terms0["pvd"].backward()
+    assert teacher.point_logits.grad is None
+
+
+def test_pvd_loss_rejects_misaligned_outputs():
+    batch = make_batch(seed=7)
+    student = make_output(batch, 8, 40)
+    other = make_batch(seed=7, voxels_per_scan=100)
+    teacher = make_output(other, 16, 41)
+    with pytest.raises(ValueError, match="same Batch"):
+        PVDLoss(small_cfg(), SHAPE, 50.0, CLASS_WEIGHTS)(student, teacher, batch, torch.Generator())
+
+
+def test_pvd_loss_on_a_real_voxelized_scan(real_scan_path, real_label_path):
+    from pvd_core.data.semantickitti import read_labels, read_points
+    from pvd_core.labels import SEMANTIC_KITTI
+    from pvd_core.voxelizer import CylindricalVoxelizer
+
+    points = read_points(real_scan_path)
+    labels = read_labels(real_label_path, len(points))
+    grid = GridConfig(size=[32, 32, 8])
+    pick = np.random.default_rng(0).choice(len(points), 20000, replace=False)
+    scan = CylindricalVoxelizer(grid)(points[pick], labels[pick])
+    batch = collate_scans([scan], grid.size)
+    nc = SEMANTIC_KITTI.num_classes
+    counts = np.bincount(labels.astype(np.int64), minlength=nc)
+    g = torch.Generator().manual_seed(0)
+
+    def out(width, rg):
+        return SegOutput(point_logits=torch.randn(batch.num_points, nc, generator=g).requires_grad_(rg),
+                         voxel_logits=torch.randn(batch.num_voxels, nc, generator=g).requires_grad_(rg),
+                         point_features=torch.randn(batch.num_points, 64, generator=g).requires_grad_(rg),
+                         voxel_features=torch.randn(batch.num_voxels, width, generator=g).requires_grad_(rg),
+                         point_to_voxel=batch.point_to_voxel, voxel_coords=batch.voxel_coords)
+
+    cfg = DistillConfig(enabled=True, supervoxel=[8, 8, 4], num_supervoxels=6)
+    loss = PVDLoss(cfg, grid.size, grid.rho[1], class_weights_from_counts(counts))
+    terms = loss(out(8, True), out(16, False), batch, torch.Generator().manual_seed(0))
+    assert loss.last_supervoxels.numel() == 6
+    assert all(torch.isfinite(v) and v.item() > 0 for v in terms.values())
+    # The drawn supervoxels hold points and, under 'difficulty', at least one class with min_points.
+    vsv = supervoxel_ids(batch.voxel_coords, grid.size, cfg.supervoxel)
+    psv = vsv[batch.point_to_voxel]
+    for k in loss.last_supervoxels.tolist():
+        in_k = batch.point_labels[psv == k]
+        assert in_k.numel() > 0
+        assert (torch.bincount(in_k[in_k > 0], minlength=nc) >= cfg.min_points).any()
