@@ -125,3 +125,38 @@ def label_map_for(kind: str) -> LabelMap:
         return LABEL_MAPS[kind]
     except KeyError:
         raise ValueError(f"unknown dataset kind {kind!r}; expected one of {sorted(LABEL_MAPS)}") from None
+
+
+# Canonical raw id written for each training class (SemanticKITTI's learning_map_inv;
+# for nuScenes the first fine-grained id of each class, vehicle.bus.rigid for bus).
+CANONICAL_RAW_IDS: dict[str, tuple[int, ...]] = {
+    "semantickitti": (0, 10, 11, 15, 18, 20, 30, 31, 32, 40, 44, 48, 49, 50, 51, 70, 71, 72, 80, 81),
+    "nuscenes": (0, 9, 14, 16, 17, 18, 21, 2, 12, 22, 23, 24, 25, 26, 27, 28, 30),
+}
+
+
+def train_to_raw_table(label_map: LabelMap) -> np.ndarray:
+    """(C,) uint32 raw id per training class, so predictions can be written in the dataset's ids.
+
+    Maps without a canonical table use the smallest raw id of each class.
+    """
+    table = CANONICAL_RAW_IDS.get(label_map.name)
+    if table is None or len(table) != label_map.num_classes:
+        smallest: dict[int, int] = {}
+        for raw, train in sorted(label_map.raw_to_train.items()):
+            smallest.setdefault(train, raw)
+        missing = [c for c in range(label_map.num_classes) if c not in smallest]
+        if missing:
+            raise LabelError(f"label map {label_map.name!r} has no raw id for classes {missing}")
+        table = tuple(smallest[c] for c in range(label_map.num_classes))
+    return np.asarray(table, dtype=np.uint32)
+
+
+def train_to_raw(label_map: LabelMap, classes: np.ndarray) -> np.ndarray:
+    """Training classes -> canonical raw ids (uint32), e.g. for SemanticKITTI .label output."""
+    classes = np.asarray(classes)
+    table = train_to_raw_table(label_map)
+    if classes.size and (classes.min() < 0 or classes.max() >= table.size):
+        raise LabelError(f"class indices must be in 0..{table.size - 1} for the {label_map.name} map, "
+                         f"got range {int(classes.min())}..{int(classes.max())}")
+    return table[classes.astype(np.int64, copy=False)]

@@ -1,0 +1,205 @@
+"""The one inference path: points in, per-point class and confidence out.
+
+The ROS node, the bag tools, ``pvd predict`` and the benchmarks all call
+:meth:`Segmenter.segment`, so what is measured is what is deployed. It sits on the
+node's per-scan hot path: weights are loaded once, the model runs under
+``torch.inference_mode``, and pre/postprocessing are vectorised over the whole cloud.
+
+Output contract: one label and confidence per input row, in input order. Rows that never
+reach the network (NaN/Inf coordinates or intensity, and points outside the volume when
+``grid.out_of_volume`` is 'drop') get label 0 and confidence 0. Any other point gets a
+class in 1..C-1 (class 0 "unlabeled" is never predicted); its confidence is the softmax
+probability, over all C classes, of that class (the max softmax probability whenever
+class 0 is not the most likely).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from pvd_core.config import Config
+from pvd_core.data.batch import collate_scans
+from pvd_core.device import resolve_device
+from pvd_core.labels import LabelMap
+from pvd_core.voxelizer import CylindricalVoxelizer
+
+# Deterministic test-time augmentation votes: (flip x, flip y, rotation deg about z, xy scale).
+# Vote 0 is the identity; the others are the training augmentations of METHOD.md section 5.
+TTA_VOTES: tuple[tuple[bool, bool, float, float], ...] = (
+    (False, False, 0.0, 1.0),
+    (False, True, 0.0, 1.0),
+    (True, False, 0.0, 1.0),
+    (True, True, 0.0, 1.0),
+    (False, False, 22.5, 1.0),
+    (False, False, -22.5, 1.0),
+    (False, False, 0.0, 0.95),
+    (False, False, 0.0, 1.05),
+)
+MAX_TTA = len(TTA_VOTES)
+
+
+@dataclass
+class SegmentationResult:
+    labels: np.ndarray  # (N,) uint16 class index, 0 for points that were not segmented
+    confidence: np.ndarray  # (N,) float32 in [0, 1], 0 for points that were not segmented
+    timings: dict[str, float] = field(default_factory=dict)  # 'preprocess', 'inference', 'postprocess' ms
+
+
+def augment_points(points: np.ndarray, vote: int) -> np.ndarray:
+    """Points under TTA vote ``vote`` (a copy; vote 0 returns the input itself)."""
+    flip_x, flip_y, angle_deg, scale = TTA_VOTES[vote]
+    if vote == 0:
+        return points
+    out = np.array(points, dtype=np.float32, copy=True)
+    if flip_x:
+        out[:, 0] = -out[:, 0]
+    if flip_y:
+        out[:, 1] = -out[:, 1]
+    if angle_deg:
+        c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
+        x, y = out[:, 0].copy(), out[:, 1].copy()
+        out[:, 0] = c * x - s * y
+        out[:, 1] = s * x + c * y
+    if scale != 1.0:
+        out[:, :2] *= scale
+    return out
+
+
+class Segmenter:
+    """A loaded model plus its grid and label map; ``segment`` is the per-scan call.
+
+    ``fp16=True`` needs a CUDA device (half-precision sparse convs are not supported on
+    the CPU here): on a CPU device it raises ValueError naming ``fp16`` rather than
+    silently running in fp32.
+    """
+
+    def __init__(self, model: nn.Module, config: Config, label_map: LabelMap,
+                 device: Union[str, torch.device] = "auto", fp16: bool = False, tta: int = 1):
+        self.device = resolve_device(device)
+        if fp16 and self.device.type != "cuda":
+            raise ValueError(f"fp16=True needs a CUDA device, but the device is {self.device} "
+                             "(set fp16 to false on CPU machines)")
+        if not isinstance(tta, int) or not 1 <= tta <= MAX_TTA:
+            raise ValueError(f"tta must be an integer from 1 to {MAX_TTA} (number of votes), got {tta!r}")
+        num_classes = getattr(model, "num_classes", label_map.num_classes)
+        if num_classes != label_map.num_classes:
+            raise ValueError(f"model has {num_classes} classes but label map {label_map.name!r} has "
+                             f"{label_map.num_classes}")
+        self.config = config
+        self.label_map = label_map
+        self.fp16 = bool(fp16)
+        self.tta = tta
+        model = model.to(self.device).eval()
+        if self.fp16:
+            model = model.half()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        self.voxelizer = CylindricalVoxelizer(config.grid)
+        self.meta: dict = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto",
+                        fp16: bool = False, tta: int = 1) -> "Segmenter":
+        from pvd_core.checkpoint import build_model_from_checkpoint, load_checkpoint
+
+        ckpt = load_checkpoint(path, map_location="cpu")
+        model = build_model_from_checkpoint(ckpt, device="cpu")
+        seg = cls(model, ckpt.config, ckpt.label_map, device=device, fp16=fp16, tta=tta)
+        seg.meta = dict(ckpt.meta, checkpoint=str(path))
+        return seg
+
+    @property
+    def num_classes(self) -> int:
+        return self.label_map.num_classes
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @staticmethod
+    def _check_points(points: np.ndarray) -> np.ndarray:
+        points = np.asarray(points)
+        if points.ndim != 2 or points.shape[1] < 4:
+            raise ValueError(f"points must be an (N, >=4) array of x, y, z, intensity, got shape {points.shape}")
+        if points.dtype != np.float32:
+            points = points.astype(np.float32)
+        return points
+
+    def segment(self, points: np.ndarray) -> SegmentationResult:
+        """Label every row of an (N, >=4) float32 x, y, z, intensity cloud."""
+        return self.segment_batch([points])[0]
+
+    def segment_batch(self, clouds: Sequence[np.ndarray]) -> list[SegmentationResult]:
+        """Several clouds (and their TTA votes) in one forward pass; timings are the batch's."""
+        t0 = time.perf_counter()
+        clouds = [self._check_points(c) for c in clouds]
+        results: list[Optional[SegmentationResult]] = [None] * len(clouds)
+        scans, owners = [], []  # one voxelized scan per (cloud, vote) that has points
+        for i, pts in enumerate(clouds):
+            for vote in range(self.tta):
+                scan = self.voxelizer(augment_points(pts, vote))
+                if vote == 0 and scan.num_points == 0:
+                    break  # nothing to segment in this cloud
+                if scan.num_points:
+                    scans.append(scan)
+                    owners.append((i, vote))
+        batch = collate_scans(scans, self.config.grid.size).to(self.device) if scans else None
+        self._sync()
+        t1 = time.perf_counter()
+        if batch is not None:
+            with torch.inference_mode():
+                logits = self.model(batch).point_logits.float()
+            self._sync()
+        t2 = time.perf_counter()
+        per_cloud_logits: dict[int, torch.Tensor] = {}
+        start = 0
+        with torch.inference_mode():
+            for scan, (i, vote) in zip(scans, owners):
+                rows = logits[start:start + scan.num_points]
+                start += scan.num_points
+                if self.tta == 1:
+                    per_cloud_logits[i] = rows
+                    continue
+                if vote == 0:
+                    acc = torch.zeros((len(clouds[i]), self.num_classes), device=logits.device)
+                    per_cloud_logits[i] = acc
+                idx = torch.from_numpy(np.flatnonzero(scan.kept)).to(logits.device)
+                per_cloud_logits[i].index_add_(0, idx, rows)
+            kept0 = {i: s.kept for s, (i, v) in zip(scans, owners) if v == 0}
+            for i, pts in enumerate(clouds):
+                labels = np.zeros(len(pts), dtype=np.uint16)
+                confidence = np.zeros(len(pts), dtype=np.float32)
+                if i in per_cloud_logits:
+                    kept = kept0[i]
+                    z = per_cloud_logits[i]
+                    if self.tta > 1:
+                        # Votes summed; the identity vote defines which points are inside.
+                        z = z[torch.from_numpy(kept).to(z.device)]
+                    best, label = z[:, 1:].max(dim=1)
+                    conf = torch.exp(best - torch.logsumexp(z, dim=1))
+                    labels[kept] = (label + 1).to(torch.int32).cpu().numpy()
+                    confidence[kept] = conf.cpu().numpy()
+                results[i] = SegmentationResult(labels=labels, confidence=confidence)
+        t3 = time.perf_counter()
+        timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
+        for r in results:
+            r.timings = dict(timings)
+        return results  # type: ignore[return-value]
+
+    def warmup(self, num_points: int = 20000, seed: int = 0) -> None:
+        """One forward on a synthetic cloud inside the volume (allocators, kernels, caches)."""
+        grid = self.config.grid
+        rng = np.random.default_rng(seed)
+        rho = rng.uniform(max(grid.rho[0], 1.0), grid.rho[1], num_points)
+        phi = rng.uniform(grid.phi[0], grid.phi[1], num_points)
+        z = rng.uniform(grid.z[0], grid.z[1], num_points)
+        pts = np.stack([rho * np.cos(phi), rho * np.sin(phi), z, rng.uniform(0, 1, num_points)], 1)
+        self.segment(pts.astype(np.float32))

@@ -1,0 +1,152 @@
+"""The checkpoint format: round trip, atomic writes, and mismatch messages that name the difference."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from pvd_core.checkpoint import (CheckpointError, build_model_from_checkpoint, git_revision, load_checkpoint,
+                                 save_checkpoint)
+from pvd_core.config import config_from_dict
+from pvd_core.data.batch import collate_scans
+from pvd_core.labels import SEMANTIC_KITTI
+from pvd_core.models.cylinder3d import build_model
+from pvd_core.voxelizer import CylindricalVoxelizer
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread: these tiny models gain nothing from a second one, and the suite
+    shares two cores (test_spconv_compat covers the two-thread case)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(init_size: int = 4, size=(32, 32, 8)):
+    return config_from_dict({"grid": {"size": list(size)}, "model": {"init_size": init_size}})
+
+
+def small_batch(cfg):
+    rng = np.random.default_rng(0)
+    n = 600
+    r, a, z = rng.uniform(1, 45, n), rng.uniform(-np.pi, np.pi, n), rng.uniform(-3, 1, n)
+    pts = np.stack([r * np.cos(a), r * np.sin(a), z, rng.uniform(0, 1, n)], 1).astype(np.float32)
+    return collate_scans([CylindricalVoxelizer(cfg.grid)(pts)], cfg.grid.size)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = build_model(cfg)
+    # Non-default BN statistics so that the round trip covers buffers, not only weights.
+    model.train()
+    with torch.no_grad():
+        model(small_batch(cfg))
+    model.eval()
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, cfg, SEMANTIC_KITTI, {"step": 7, "metrics": {"miou": 0.25}})
+    return path, model, cfg
+
+
+def test_round_trip_restores_config_labels_weights_and_outputs(saved):
+    path, model, cfg = saved
+    ckpt = load_checkpoint(path)
+    assert ckpt.config == cfg
+    assert ckpt.label_map == SEMANTIC_KITTI
+    assert ckpt.train_state is None
+    for key in ("dataset", "step", "metrics", "git_revision", "created"):
+        assert key in ckpt.meta, key
+    assert ckpt.meta["step"] == 7 and ckpt.meta["metrics"] == {"miou": 0.25}
+    assert ckpt.meta["dataset"] == "semantickitti"
+    restored = build_model_from_checkpoint(ckpt, cfg)
+    assert not restored.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, restored.state_dict()[key]), key
+    batch = small_batch(cfg)
+    with torch.inference_mode():
+        assert torch.equal(model(batch).point_logits, restored(batch).point_logits)
+
+
+def test_train_state_round_trip(tmp_path):
+    cfg = tiny_config()
+    model = build_model(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(small_batch(cfg)).point_logits.sum().backward()
+    opt.step()
+    state = {"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+             "numpy_rng": np.random.default_rng(3).bit_generator.state, "epoch": 2}
+    save_checkpoint(tmp_path / "resume.pt", model, cfg, SEMANTIC_KITTI, {"step": 1}, train_state=state)
+    loaded = load_checkpoint(tmp_path / "resume.pt").train_state
+    assert loaded["epoch"] == 2
+    assert torch.equal(loaded["torch_rng"], state["torch_rng"])
+    assert loaded["numpy_rng"] == state["numpy_rng"]
+    new_opt = torch.optim.Adam(build_model(cfg).parameters(), lr=1e-3)
+    new_opt.load_state_dict(loaded["optimizer"])  # shapes and step counts fit
+
+
+def test_failed_write_leaves_previous_checkpoint_and_no_temp_file(saved):
+    path, model, cfg = saved
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        # A lambda cannot be pickled: torch.save fails after it has started writing.
+        save_checkpoint(path, model, cfg, SEMANTIC_KITTI, {"step": 8, "bad": lambda: None})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]
+    assert load_checkpoint(path).meta["step"] == 7
+
+
+def test_config_mismatch_lists_every_difference(saved):
+    path, _, _ = saved
+    ckpt = load_checkpoint(path)
+    other = tiny_config(init_size=8, size=(48, 32, 8))
+    with pytest.raises(CheckpointError) as err:
+        build_model_from_checkpoint(ckpt, other)
+    msg = str(err.value)
+    assert str(path) in msg
+    assert "checkpoint has init_size 4, config asks for 8" in msg
+    assert "checkpoint has grid.size [32, 32, 8], config asks for [48, 32, 8]" in msg
+
+
+def test_weights_that_do_not_fit_are_named_by_parameter(saved):
+    path, _, _ = saved
+    ckpt = load_checkpoint(path)
+    ckpt.config.model.init_size = 8  # a config that lies about the weights it came with
+    with pytest.raises(CheckpointError) as err:
+        build_model_from_checkpoint(ckpt)
+    msg = str(err.value)
+    assert "trained with init_size 4" in msg
+    assert "cylinder_3d_spconv_seg.downCntx.conv1.weight: checkpoint shape (4, 1, 3, 3, 16), model shape (8, 1, 3, 3, 16)" in msg
+
+
+def test_unreadable_files_raise_checkpoint_error_naming_the_file(tmp_path):
+    missing = tmp_path / "none.pt"
+    with pytest.raises(CheckpointError, match=re.escape(str(missing))):
+        load_checkpoint(missing)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a torch file" * 10)
+    with pytest.raises(CheckpointError, match="not a pvd_ros checkpoint"):
+        load_checkpoint(garbage)
+    bare = tmp_path / "bare.pt"
+    torch.save(build_model(tiny_config()).state_dict(), bare)
+    with pytest.raises(CheckpointError, match=re.escape(str(bare)) + ".*not a pvd_ros checkpoint"):
+        load_checkpoint(bare)
+
+
+def test_wrong_format_version_is_refused(saved, tmp_path):
+    path, _, _ = saved
+    data = torch.load(path, weights_only=True)
+    data["format_version"] = 99
+    future = tmp_path / "future.pt"
+    torch.save(data, future)
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_checkpoint(future)
+
+
+def test_git_revision_is_a_commit_or_unknown():
+    rev = git_revision()
+    assert rev == "unknown" or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", rev), rev

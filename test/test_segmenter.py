@@ -1,0 +1,200 @@
+"""The Segmenter inference API, device selection, and `pvd predict`, on real spconv."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pvd_core.checkpoint import save_checkpoint
+from pvd_core.cli import main as pvd_main
+from pvd_core.config import config_from_dict
+from pvd_core.data.semantickitti import read_points, read_raw_labels
+from pvd_core.device import resolve_device
+from pvd_core.labels import SEMANTIC_KITTI
+from pvd_core.models.cylinder3d import build_model
+from pvd_core.segmenter import MAX_TTA, Segmenter, SegmentationResult
+
+GRID = {"size": [32, 32, 8]}
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread: these tiny models gain nothing from a second one, and the suite
+    shares two cores (test_spconv_compat covers the two-thread case)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(out_of_volume: str = "clip"):
+    return config_from_dict({"grid": dict(GRID, out_of_volume=out_of_volume), "model": {"init_size": 4}})
+
+
+def cloud(n: int, seed: int = 0, rho=(1.0, 48.0)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    r, a, z = rng.uniform(*rho, n), rng.uniform(-np.pi, np.pi, n), rng.uniform(-3.5, 1.5, n)
+    return np.stack([r * np.cos(a), r * np.sin(a), z, rng.uniform(0, 1, n)], 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_config()).eval()
+
+
+@pytest.fixture
+def seg(model):
+    return Segmenter(model, tiny_config(), SEMANTIC_KITTI, device="cpu")
+
+
+def test_result_has_one_label_and_confidence_per_point(seg):
+    pts = cloud(1200)
+    res = seg.segment(pts)
+    assert isinstance(res, SegmentationResult)
+    assert res.labels.shape == (1200,) and res.labels.dtype == np.uint16
+    assert res.confidence.shape == (1200,) and res.confidence.dtype == np.float32
+    assert set(res.timings) == {"preprocess", "inference", "postprocess"}
+    assert all(v >= 0 for v in res.timings.values())
+    assert res.labels.min() >= 1 and res.labels.max() < 20
+    assert ((res.confidence > 0) & (res.confidence <= 1)).all()
+    assert not seg.model.training
+    assert all(not p.requires_grad for p in seg.model.parameters())
+
+
+def test_keeps_input_order(seg):
+    pts = cloud(1500, seed=1)
+    perm = np.random.default_rng(5).permutation(len(pts))
+    a = seg.segment(pts)
+    b = seg.segment(pts[perm])
+    assert np.array_equal(a.labels[perm], b.labels)
+    np.testing.assert_allclose(a.confidence[perm], b.confidence, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_and_inf_rows_get_label_zero_and_leave_others_unchanged(seg):
+    pts = cloud(1000, seed=2)
+    bad = pts.copy()
+    bad[[3, 17, 999], 0] = np.nan
+    bad[5, 2] = np.inf
+    bad[8, 3] = np.nan  # intensity
+    res = seg.segment(bad)
+    invalid = np.zeros(len(pts), bool)
+    invalid[[3, 5, 8, 17, 999]] = True
+    assert (res.labels[invalid] == 0).all() and (res.confidence[invalid] == 0).all()
+    assert (res.labels[~invalid] >= 1).all()
+    clean = seg.segment(pts[~invalid])
+    assert np.array_equal(clean.labels, res.labels[~invalid])
+
+
+def test_drop_mode_labels_outside_points_zero(model):
+    seg = Segmenter(model, tiny_config("drop"), SEMANTIC_KITTI, device="cpu")
+    pts = np.concatenate([cloud(500, seed=3),
+                          cloud(50, seed=4, rho=(60.0, 80.0)),  # beyond rho max 50 m
+                          np.array([[3.0, 0.0, 5.0, 0.5], [3.0, 0.0, -9.0, 0.5]], np.float32)])  # z out
+    res = seg.segment(pts)
+    assert (res.labels[500:] == 0).all() and (res.confidence[500:] == 0).all()
+    assert (res.labels[:500] >= 1).all()
+    clip = Segmenter(model, tiny_config("clip"), SEMANTIC_KITTI, device="cpu").segment(pts)
+    assert (clip.labels >= 1).all()  # upstream clip mode keeps them in the border voxels
+
+
+def test_empty_and_all_invalid_clouds(seg):
+    res = seg.segment(np.zeros((0, 4), np.float32))
+    assert res.labels.shape == (0,) and res.labels.dtype == np.uint16
+    assert res.confidence.shape == (0,) and res.confidence.dtype == np.float32
+    nan = np.full((4, 4), np.nan, np.float32)
+    res = seg.segment(nan)
+    assert (res.labels == 0).all() and (res.confidence == 0).all()
+    with pytest.raises(ValueError, match=r"\(N, >=4\)"):
+        seg.segment(np.zeros((5, 3), np.float32))
+
+
+def test_never_predicts_unlabeled_for_a_valid_point(model):
+    torch.manual_seed(0)
+    biased = build_model(tiny_config()).eval()
+    biased.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        biased.point_head.classifier.bias[0] = 1000.0  # class 0 dominates every point
+    res = Segmenter(biased, tiny_config(), SEMANTIC_KITTI, device="cpu").segment(cloud(800, seed=6))
+    assert (res.labels >= 1).all()
+    assert (res.confidence < 1e-6).all()  # the softmax mass sits on class 0
+
+
+def test_tta_votes_are_deterministic_and_combine(model):
+    pts = cloud(1000, seed=7)
+    seg4 = Segmenter(model, tiny_config(), SEMANTIC_KITTI, device="cpu", tta=4)
+    a, b = seg4.segment(pts), seg4.segment(pts)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.confidence, b.confidence)
+    single = Segmenter(model, tiny_config(), SEMANTIC_KITTI, device="cpu").segment(pts)
+    assert a.labels.shape == single.labels.shape
+    assert not np.array_equal(a.confidence, single.confidence)  # the flipped votes changed the sum
+    with pytest.raises(ValueError, match="tta"):
+        Segmenter(model, tiny_config(), SEMANTIC_KITTI, device="cpu", tta=MAX_TTA + 1)
+
+
+def test_segment_batch_matches_single_clouds(seg):
+    clouds = [cloud(700, seed=8), np.zeros((0, 4), np.float32), cloud(400, seed=9)]
+    batch = seg.segment_batch(clouds)
+    for pts, res in zip(clouds, batch):
+        one = seg.segment(pts)
+        assert np.array_equal(one.labels, res.labels)
+        np.testing.assert_allclose(one.confidence, res.confidence, rtol=1e-5, atol=1e-6)
+
+
+def test_warmup_runs(seg):
+    seg.warmup(num_points=500)
+
+
+def test_device_selection_and_fp16_on_cpu(model):
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="'gpu'"):
+        resolve_device("gpu")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the CPU-only refusals below do not apply")
+    with pytest.raises(ValueError, match="'cuda'"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="fp16"):
+        Segmenter(model, tiny_config(), SEMANTIC_KITTI, device="cpu", fp16=True)
+
+
+def test_from_checkpoint_matches_the_saved_model(model, tmp_path):
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(path, model, tiny_config(), SEMANTIC_KITTI, {"step": 3})
+    loaded = Segmenter.from_checkpoint(path, device="cpu")
+    assert loaded.device == torch.device("cpu")
+    assert loaded.label_map == SEMANTIC_KITTI and loaded.config == tiny_config()
+    assert loaded.meta["step"] == 3
+    pts = cloud(600, seed=10)
+    direct = Segmenter(model, tiny_config(), SEMANTIC_KITTI, device="cpu").segment(pts)
+    assert np.array_equal(loaded.segment(pts).labels, direct.labels)
+
+
+def test_segments_the_real_scan(seg, real_scan_path):
+    pts = read_points(real_scan_path)
+    res = seg.segment(pts)
+    assert res.labels.shape == (len(pts),)
+    assert (res.labels >= 1).all()  # clip mode, all finite: every point is segmented
+
+
+def test_pvd_predict_writes_semantickitti_labels(model, tmp_path, real_scan_path, capsys):
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, model, tiny_config(), SEMANTIC_KITTI, {"step": 1})
+    scan = tmp_path / "000000.bin"
+    pts = read_points(real_scan_path)[::8].copy()
+    pts[0, 0] = np.nan
+    pts.tofile(scan)
+    out = tmp_path / "pred" / "000000.label"
+    assert pvd_main(["predict", "--checkpoint", str(ckpt), "--scan", str(scan), "--out", str(out),
+                     "--device", "cpu"]) == 0
+    raw = read_raw_labels(out, num_points=len(pts))
+    assert raw.dtype == np.uint32
+    assert (raw >> 16 == 0).all()  # no instance ids
+    classes = SEMANTIC_KITTI.map_raw(raw)  # every id is a known raw SemanticKITTI id
+    assert classes[0] == 0 and (classes[1:] >= 1).all()
+    canonical = {10, 11, 15, 18, 20, 30, 31, 32, 40, 44, 48, 49, 50, 51, 70, 71, 72, 80, 81}
+    assert set(np.unique(raw[1:]).tolist()) <= canonical
+    assert str(out) in capsys.readouterr().out
+    missing = pvd_main(["predict", "--checkpoint", str(tmp_path / "nope.pt"), "--scan", str(scan),
+                        "--out", str(tmp_path / "x.label")])
+    assert missing == 1 and "nope.pt" in capsys.readouterr().err
