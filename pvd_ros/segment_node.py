@@ -1,0 +1,427 @@
+"""``segment_node``: the student network as a ROS 2 node (thin over pvd_core's Segmenter).
+
+Topics (private names; remap them in the launch file):
+
+- ``~/input/points`` (sensor_msgs/PointCloud2, in): QoS from ``input_reliability`` /
+  ``input_depth``, sensor-data (best effort, keep last 1) by default.
+- ``~/output/points`` (sensor_msgs/PointCloud2, out): the input's header, height, width
+  and point order, with fields x, y, z, intensity, rgb, confidence (float32) and label
+  (uint16 class index). Points that are NaN/Inf, outside [min_range, max_range], left
+  out by ``max_points`` or below ``confidence_threshold`` get label 0; all but the last
+  also get confidence 0; every point keeps its raw x, y, z and intensity.
+- ``~/debug/processing_time_ms`` and ``~/debug/pipeline_latency_ms`` (std_msgs/Float64):
+  decode-to-encode time of each cloud, and receive-to-publish latency measured as
+  node clock now minus header.stamp (sim time aware).
+- ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): OK; WARN when the last cloud took
+  longer than ``processing_budget_ms``; ERROR when over budget for ``error_after_s``.
+  Its values hold the counters (received, processed, dropped_malformed and its reasons,
+  skipped_stale, skipped_no_subscriber, errors) and recent mean stage times.
+- ``~/legend`` (visualization_msgs/MarkerArray, latched): class names in class colours.
+- ``~/ready`` (std_msgs/Bool, latched): True once the model is loaded and warmed up.
+
+Newest-scan-only policy: the subscription callback only validates the message layout
+(O(1), malformed clouds are counted and dropped right there) and puts the message in a
+one-slot mailbox; a worker thread takes the newest message from the mailbox and
+processes it. A message still in the mailbox when a newer one arrives is replaced and
+counted as ``skipped_stale``. So the node never queues more than one unprocessed scan,
+whatever the executor, and the answer latency is at most about two processing times.
+
+Ready signal for tools that start the node in-process or as a child process: the
+``ready`` attribute, the latched ``~/ready`` Bool, and the log line "segment_node ready".
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.context import Context
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Bool, Float64
+from visualization_msgs.msg import MarkerArray
+
+from pvd_ros.cloud_codec import CloudError, check_layout, decode_points, encode_labelled, packed_rgb_lut
+from pvd_ros.legend import LEGEND_QOS, legend_markers
+from pvd_ros.node_params import NodeParams, ParameterError, declare_parameters
+
+INPUT_TOPIC = "~/input/points"
+OUTPUT_TOPIC = "~/output/points"
+STAGES = ("decode", "preprocess", "inference", "postprocess", "encode", "total")
+_LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class NodeStartupError(RuntimeError):
+    """The node cannot start (bad parameter, missing or mismatched checkpoint); the message says why."""
+
+
+@dataclass
+class FrameResult:
+    """One processed cloud: the message to publish and where the time went (ms)."""
+
+    msg: PointCloud2
+    timings: dict[str, float]
+    num_points: int
+    num_inferred: int
+
+
+@dataclass
+class FrameRecord:
+    """What the node keeps about recent frames (for diagnostics and the benchmark)."""
+
+    stamp_ns: int
+    timings: dict[str, float]
+    num_points: int
+    published_monotonic: float = field(default=0.0)
+
+
+class SegmentNode(Node):
+    """Subscribes to clouds, labels them with the Segmenter, publishes labelled clouds.
+
+    ``process(msg)`` is the whole per-cloud work as a plain method (no spinning needed);
+    the ROS callbacks around it only move messages and count. Construct with
+    ``parameter_overrides=[Parameter("checkpoint", value=...)]`` and/or
+    ``cli_args=["--ros-args", "--params-file", "config/segment.yaml"]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_name: str = "segment_node",
+        namespace: Optional[str] = None,
+        context: Optional[Context] = None,
+        parameter_overrides: Optional[Sequence[Parameter]] = None,
+        cli_args: Optional[list[str]] = None,
+    ) -> None:
+        super().__init__(node_name, namespace=namespace, context=context, cli_args=cli_args,
+                         parameter_overrides=list(parameter_overrides) if parameter_overrides else None)
+        self._ready = False
+        self._stop = False
+        self._worker: Optional[threading.Thread] = None
+        try:
+            self._start()
+        except BaseException:
+            self._stop = True
+            super().destroy_node()
+            raise
+
+    # ------------------------------------------------------------------ start-up
+    def _start(self) -> None:
+        try:
+            self.params: NodeParams = declare_parameters(self)
+        except ParameterError as exc:
+            raise NodeStartupError(f"segment_node: {exc}") from exc
+        self._warn_unknown_parameters()
+        self.segmenter = self._load_segmenter(self.params)
+        self.label_map = self.segmenter.label_map
+        self._rgb_lut = packed_rgb_lut(self.label_map.color_array())
+        if self.params.warmup_points:
+            t0 = time.perf_counter()
+            self.segmenter.warmup(num_points=self.params.warmup_points)
+            self.get_logger().info(f"warm-up on {self.params.warmup_points} points took "
+                                   f"{(time.perf_counter() - t0) * 1e3:.0f} ms")
+
+        self._lock = threading.Condition()
+        self._pending: Optional[PointCloud2] = None
+        self._counts: Counter[str] = Counter()
+        self._frames: deque[FrameRecord] = deque(maxlen=100)
+        self._over_budget_since: Optional[float] = None
+        self._legend_frame: Optional[str] = None
+
+        self._cloud_pub = self.create_publisher(PointCloud2, OUTPUT_TOPIC, self.params.output_qos())
+        self._time_pub = self.create_publisher(Float64, "~/debug/processing_time_ms", self.params.output_qos())
+        self._latency_pub = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", self.params.output_qos())
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._ready_pub = self.create_publisher(Bool, "~/ready", _LATCHED)
+        self._legend_pub = (self.create_publisher(MarkerArray, "~/legend", LEGEND_QOS)
+                            if self.params.publish_legend else None)
+        if self._legend_pub is not None and self.params.legend_frame_id:
+            self._publish_legend(self.params.legend_frame_id)
+        self._sub = self.create_subscription(PointCloud2, INPUT_TOPIC, self._on_cloud, self.params.input_qos())
+        self._diag_timer = self.create_timer(self.params.diagnostics_period_s, self._publish_diagnostics)
+
+        self._worker = threading.Thread(target=self._work, name="segment_node_worker", daemon=True)
+        self._worker.start()
+        self._ready = True
+        self._ready_pub.publish(Bool(data=True))
+        self.get_logger().info(
+            f"segment_node ready: {self.params.checkpoint} on {self.segmenter.device}, "
+            f"{self.label_map.num_classes} classes; {self._sub.topic_name} -> {self._cloud_pub.topic_name}")
+
+    def _warn_unknown_parameters(self) -> None:
+        """A typo in the params file would otherwise be ignored silently (rclpy only applies declared names).
+
+        Only a warning: a ``/**`` file may legitimately carry parameters for other nodes.
+        """
+        given = set(getattr(self, "_parameter_overrides", {}) or {})
+        unknown = sorted(given - set(self._parameters))
+        if unknown:
+            self.get_logger().warning(f"ignoring unknown parameter(s) {unknown}; known: {sorted(self._parameters)}")
+
+    def _load_segmenter(self, params: NodeParams) -> Any:
+        path = Path(params.checkpoint).expanduser()
+        if not path.is_file():
+            raise NodeStartupError(f"segment_node: parameter 'checkpoint': no such file {str(path)!r}")
+        from pvd_core.device import resolve_device  # torch is imported here, after the cheap checks
+        from pvd_core.segmenter import Segmenter
+
+        try:
+            device = resolve_device(params.device)
+        except ValueError as exc:
+            raise NodeStartupError(f"segment_node: parameter 'device': {exc}") from exc
+        if params.fp16 and device.type != "cuda":
+            raise NodeStartupError(f"segment_node: parameter 'fp16' is true but the device is {device} "
+                                   "(half precision needs CUDA; set fp16 to false)")
+        try:
+            return Segmenter.from_checkpoint(str(path), device=params.device, fp16=params.fp16)
+        except Exception as exc:  # CheckpointError, or torch's own load errors on a corrupt file
+            raise NodeStartupError(
+                f"segment_node: parameter 'checkpoint': cannot use {str(path)!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded and warmed up and the topics exist."""
+        return self._ready
+
+    @property
+    def input_topic(self) -> str:
+        return self._sub.topic_name
+
+    @property
+    def output_topic(self) -> str:
+        return self._cloud_pub.topic_name
+
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the counters (received, processed, dropped_malformed, drop_<kind>, ...)."""
+        with self._lock:
+            out = dict(self._counts)
+        for key in ("received", "processed", "dropped_malformed", "skipped_stale", "skipped_no_subscriber", "errors"):
+            out.setdefault(key, 0)
+        return out
+
+    def recent_frames(self) -> list[FrameRecord]:
+        with self._lock:
+            return list(self._frames)
+
+    def process(self, msg: Any) -> FrameResult:
+        """Decode, segment and encode one cloud; raises CloudError for a malformed message."""
+        t0 = time.perf_counter()
+        decoded = decode_points(msg)
+        points = decoded.points
+        n = points.shape[0]
+        inferred = self._select_points(points)
+        t1 = time.perf_counter()
+        stage = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+        num_inferred = n if inferred is None else int(inferred.size)
+        if inferred is None and n:
+            result = self.segmenter.segment(points)
+            labels, confidence = result.labels, result.confidence
+            stage.update({k: float(result.timings.get(k, 0.0)) for k in stage})
+        else:
+            labels = np.zeros(n, dtype=np.uint16)
+            confidence = np.zeros(n, dtype=np.float32)
+            if num_inferred:
+                result = self.segmenter.segment(points[inferred])
+                labels[inferred] = result.labels
+                confidence[inferred] = result.confidence
+                stage.update({k: float(result.timings.get(k, 0.0)) for k in stage})
+        t2 = time.perf_counter()
+        if self.params.confidence_threshold > 0.0:
+            labels[confidence < self.params.confidence_threshold] = 0
+        out = encode_labelled(msg.header, points, labels, confidence, self._rgb_lut, decoded.height, decoded.width)
+        t3 = time.perf_counter()
+        timings = {"decode": (t1 - t0) * 1e3, **stage, "encode": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
+        return FrameResult(msg=out, timings=timings, num_points=n, num_inferred=num_inferred)
+
+    def destroy_node(self) -> None:
+        self._stop_worker()
+        super().destroy_node()
+
+    # ------------------------------------------------------------------ internals
+    def _select_points(self, points: np.ndarray) -> Optional[np.ndarray]:
+        """Indices of points to send to the network, or None for all of them (no copy)."""
+        # The Segmenter labels NaN/Inf rows 0 itself; they are filtered here only when a subset is sent anyway.
+        xyz = points[:, :3]
+        # isfinite(...).all(axis=1) reduces over a length-4 axis slowly; the 4 flags of a row are one uint32.
+        valid = np.isfinite(points).view(np.uint32).reshape(-1) == np.uint32(0x01010101)
+        p = self.params
+        if p.min_range > 0.0 or p.max_range > 0.0:
+            with np.errstate(invalid="ignore"):
+                r2 = np.einsum("ij,ij->i", xyz, xyz)
+                if p.min_range > 0.0:
+                    valid &= r2 >= p.min_range * p.min_range
+                if p.max_range > 0.0:
+                    valid &= r2 <= p.max_range * p.max_range
+        all_valid = bool(valid.all())
+        if all_valid and (not p.max_points or points.shape[0] <= p.max_points):
+            return None
+        index = np.flatnonzero(valid)
+        if p.max_points and index.size > p.max_points:
+            index = index[np.linspace(0, index.size - 1, p.max_points).astype(np.int64)]
+        return index
+
+    def _on_cloud(self, msg: PointCloud2) -> None:
+        with self._lock:
+            self._counts["received"] += 1
+        try:
+            check_layout(msg)
+        except CloudError as exc:
+            self._count_drop(exc)
+            return
+        with self._lock:
+            if self._pending is not None:
+                self._counts["skipped_stale"] += 1
+            self._pending = msg
+            self._lock.notify()
+
+    def _count_drop(self, exc: CloudError) -> None:
+        with self._lock:
+            self._counts["dropped_malformed"] += 1
+            self._counts[f"drop_{exc.kind}"] += 1
+            total = self._counts["dropped_malformed"]
+        self.get_logger().warning(f"dropped malformed cloud ({exc.kind}, {total} so far): {exc}",
+                                  throttle_duration_sec=5.0)
+
+    def _has_subscribers(self) -> bool:
+        return any(pub.get_subscription_count() > 0 for pub in (self._cloud_pub, self._time_pub, self._latency_pub))
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while self._pending is None and not self._stop:
+                    self._lock.wait(timeout=0.5)
+                if self._stop:
+                    return
+                msg, self._pending = self._pending, None
+            if not self._has_subscribers():
+                with self._lock:
+                    self._counts["skipped_no_subscriber"] += 1
+                continue
+            try:
+                result = self.process(msg)
+            except CloudError as exc:
+                self._count_drop(exc)
+                continue
+            except Exception as exc:  # never let one cloud kill the node; say what happened
+                with self._lock:
+                    self._counts["errors"] += 1
+                self.get_logger().error(f"processing a cloud failed: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=5.0)
+                continue
+            if self._stop:
+                return
+            self._publish(msg, result)
+
+    def _publish(self, msg: PointCloud2, result: FrameResult) -> None:
+        if self._legend_pub is not None and not self.params.legend_frame_id \
+                and msg.header.frame_id != self._legend_frame:
+            self._publish_legend(msg.header.frame_id)
+        stamp = Time.from_msg(msg.header.stamp)
+        now_mono = time.monotonic()
+        with self._lock:  # state first, so whoever receives the cloud sees the diagnostics it caused
+            self._counts["processed"] += 1
+            self._frames.append(FrameRecord(stamp.nanoseconds, result.timings, result.num_points, now_mono))
+            if result.timings["total"] > self.params.processing_budget_ms:
+                if self._over_budget_since is None:
+                    self._over_budget_since = now_mono
+            else:
+                self._over_budget_since = None
+        self._cloud_pub.publish(result.msg)
+        self._time_pub.publish(Float64(data=result.timings["total"]))
+        if stamp.nanoseconds > 0:
+            latency_ms = (self.get_clock().now().nanoseconds - stamp.nanoseconds) / 1e6
+            self._latency_pub.publish(Float64(data=latency_ms))
+
+    def _publish_legend(self, frame_id: str) -> None:
+        assert self._legend_pub is not None
+        self._legend_pub.publish(legend_markers(self.label_map, frame_id))
+        self._legend_frame = frame_id
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        """The node's health now: level, message and counters (also published on /diagnostics)."""
+        with self._lock:
+            counts = dict(self._counts)
+            frames = list(self._frames)[-20:]
+            over_since = self._over_budget_since
+        status = DiagnosticStatus()
+        status.name = f"{self.get_name()}: segmentation pipeline"
+        status.hardware_id = str(self.segmenter.device)
+        budget = self.params.processing_budget_ms
+        if not frames:
+            status.level, status.message = DiagnosticStatus.OK, "waiting for clouds"
+        elif over_since is None:
+            status.level = DiagnosticStatus.OK
+            status.message = f"last cloud {frames[-1].timings['total']:.1f} ms (budget {budget:.0f} ms)"
+        else:
+            over_for = time.monotonic() - over_since
+            status.level = DiagnosticStatus.ERROR if over_for >= self.params.error_after_s else DiagnosticStatus.WARN
+            status.message = (f"over the {budget:.0f} ms budget for {over_for:.1f} s "
+                              f"(last cloud {frames[-1].timings['total']:.1f} ms)")
+        values = {k: str(counts.get(k, 0)) for k in
+                  ("received", "processed", "dropped_malformed", "skipped_stale", "skipped_no_subscriber", "errors")}
+        values.update({k: str(v) for k, v in counts.items() if k.startswith("drop_")})
+        for stage in STAGES:
+            if frames:
+                values[f"mean_{stage}_ms"] = f"{np.mean([f.timings[stage] for f in frames]):.2f}"
+        values["checkpoint"] = self.params.checkpoint
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        return status
+
+    def _publish_diagnostics(self) -> None:
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [self.diagnostic_status()]
+        self._diag_pub.publish(array)
+
+    def _stop_worker(self) -> None:
+        self._stop = True
+        if self._worker is not None:
+            with self._lock:
+                self._lock.notify_all()
+            if self._worker is not threading.current_thread():
+                self._worker.join(timeout=30.0)
+            self._worker = None
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    """Console script ``segment_node`` (``ros2 run pvd_ros segment_node --ros-args ...``).
+
+    Exit status: 0 after Ctrl-C / shutdown (also during start-up), 1 when the node refuses to start.
+    """
+    rclpy.init(args=args)
+    node: Optional[SegmentNode] = None
+    executor: Optional[SingleThreadedExecutor] = None
+    try:
+        node = SegmentNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except NodeStartupError as exc:
+        rclpy.logging.get_logger("segment_node").fatal(str(exc))
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
