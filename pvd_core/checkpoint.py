@@ -151,7 +151,7 @@ def config_differences(ckpt_config: Config, config: Config) -> list[str]:
     """
     diffs: list[str] = []
     pairs = [(f"model.{k}" if k != "init_size" else k, getattr(ckpt_config.model, k), getattr(config.model, k))
-             for k in ("init_size", "num_input_features", "point_head_dims")]
+             for k in ("init_size", "num_input_features", "point_generator_dims", "point_head_dims")]
     pairs += [(f"grid.{k}", getattr(ckpt_config.grid, k), getattr(config.grid, k))
               for k in ("size", "rho", "phi", "z")]
     pairs.append(("dataset.kind", ckpt_config.dataset.kind, config.dataset.kind))

@@ -79,6 +79,10 @@ class ModelConfig:
 
     init_size: int = 16
     num_input_features: int = 16  # width after the point feature generator's max-pool
+    # Hidden widths of the per-point generator MLP (upstream: 64, 128, 256, then a 256 output).
+    # They do not follow init_size; a student halves them explicitly (cylinder3d_student.yaml)
+    # so that its per-point cost shrinks like its sparse convs.
+    point_generator_dims: list[int] = field(default_factory=lambda: [64, 128, 256, 256])
     point_head_dims: list[int] = field(default_factory=lambda: [256, 128, 64])
 
     def validate(self, where: str) -> None:
@@ -86,6 +90,9 @@ class ModelConfig:
             raise ConfigError(f"{where}.init_size must be a positive integer, got {self.init_size}")
         if self.num_input_features < 1:
             raise ConfigError(f"{where}.num_input_features must be positive, got {self.num_input_features}")
+        if not self.point_generator_dims or any(d < 1 for d in self.point_generator_dims):
+            raise ConfigError(
+                f"{where}.point_generator_dims must be positive integers, got {self.point_generator_dims}")
         if not self.point_head_dims or any(d < 1 for d in self.point_head_dims):
             raise ConfigError(f"{where}.point_head_dims must be positive integers, got {self.point_head_dims}")
 

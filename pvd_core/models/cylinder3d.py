@@ -68,7 +68,8 @@ class Cylinder3D(nn.Module):
         self.spatial_shape = [int(s) for s in grid.size]
         self.num_classes = int(num_classes)
         self.init_size = int(model_cfg.init_size)
-        self.cylinder_3d_generator = PointFeatureGenerator(model_cfg.num_input_features)
+        self.cylinder_3d_generator = PointFeatureGenerator(model_cfg.num_input_features,
+                                                           model_cfg.point_generator_dims)
         self.cylinder_3d_spconv_seg = AsymmetricUNet(model_cfg.num_input_features, self.init_size, num_classes)
         self.point_head = PointHead(self.cylinder_3d_generator.out_dim + 2 * self.init_size,
                                     model_cfg.point_head_dims, num_classes)

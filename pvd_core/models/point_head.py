@@ -25,19 +25,16 @@ def _mlp(dims: Sequence[int]) -> nn.Sequential:
 
 
 class PointFeatureGenerator(nn.Module):
-    """9-d point features -> 256-d point features -> per-voxel max -> ``num_input_features``."""
+    """9-d point features -> MLP (upstream: 64, 128, 256 -> 256) -> per-voxel max -> ``num_input_features``."""
 
-    def __init__(self, num_input_features: int, in_dim: int = POINT_FEATURE_DIM, out_dim: int = 256):
+    def __init__(self, num_input_features: int, dims: Sequence[int] = (64, 128, 256, 256),
+                 in_dim: int = POINT_FEATURE_DIM):
         super().__init__()
+        *hidden, out_dim = [int(d) for d in dims]
         self.out_dim = out_dim
-        # Same layer sequence (and indices) as upstream's PPmodel.
-        self.PPmodel = nn.Sequential(
-            nn.BatchNorm1d(in_dim),
-            nn.Linear(in_dim, 64), nn.BatchNorm1d(64), nn.ReLU(),
-            nn.Linear(64, 128), nn.BatchNorm1d(128), nn.ReLU(),
-            nn.Linear(128, 256), nn.BatchNorm1d(256), nn.ReLU(),
-            nn.Linear(256, out_dim),
-        )
+        # Same layer sequence (and indices) as upstream's PPmodel for the default dims.
+        self.PPmodel = nn.Sequential(nn.BatchNorm1d(in_dim), *_mlp([in_dim, *hidden]),
+                                     nn.Linear(hidden[-1] if hidden else in_dim, out_dim))
         self.fea_compression = nn.Sequential(nn.Linear(out_dim, num_input_features), nn.ReLU())
 
     def forward(self, point_features: torch.Tensor, point_to_voxel: torch.Tensor,
