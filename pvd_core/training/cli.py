@@ -1,0 +1,61 @@
+"""`pvd train` and `pvd distill`: one module, one loop (pvd_core.training.trainer).
+
+    pvd train   --config CFG [--data-root DIR] [--out RUN_DIR] [--max-steps N] [--resume]
+    pvd distill --config CFG --teacher CKPT [--data-root DIR] [--out RUN_DIR] [--max-steps N] [--resume]
+
+Multi-process: ``torchrun --standalone --nproc_per_node N -m pvd_core.cli train ...``
+(gloo on CPU, nccl on GPU); only rank 0 writes the run directory.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+from pvd_core.config import load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("--config", required=True, metavar="CFG", help="YAML config (config/*.yaml)")
+    if name == "distill":
+        parser.add_argument("--teacher", required=True, metavar="CKPT",
+                            help="teacher checkpoint (its config must share the student's grid and dataset kind)")
+    parser.add_argument("--data-root", metavar="DIR", help="dataset location (overrides dataset.data_root)")
+    parser.add_argument("--out", metavar="RUN_DIR",
+                        help="run directory (default runs/<config name>); holds config.yaml, metrics.jsonl, "
+                             "curves.png, last.pt, best.pt, eval/")
+    parser.add_argument("--max-steps", type=int, metavar="N", help="override train.max_steps")
+    parser.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for torch (default: torch's choice; 1 avoids oversubscription "
+                             "when several runs share few cores)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs still written)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pvd_core.training.trainer import TrainOptions, train
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, data_root=args.data_root)
+    if args.max_steps is not None:
+        if args.max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+        cfg.train = dataclasses.replace(cfg.train, max_steps=args.max_steps)
+    if args.device is not None:
+        cfg.train = dataclasses.replace(cfg.train, device=args.device)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    teacher = Path(args.teacher) if args.command == "distill" else None
+    result = train(TrainOptions(config=cfg, out_dir=out, resume=args.resume, teacher=teacher,
+                                progress=not args.no_progress, config_source=str(args.config)))
+    if os.environ.get("RANK", "0") == "0":
+        best = "n/a" if result.best_miou is None else f"{result.best_miou:.2f}"
+        print(f"{args.command}: {result.step} steps in {result.wall_s:.1f} s; best validation mIoU {best}; "
+              f"checkpoints in {result.out_dir}")
+    return 0

@@ -1,0 +1,477 @@
+"""The one training loop, shared by ``pvd train`` and ``pvd distill``.
+
+Distillation is training plus a frozen teacher and the PVD loss: the teacher runs in
+eval mode, with requires_grad False and under ``torch.no_grad``, on the very Batch
+object the student sees (same points, voxel indices and augmentation).
+
+Run directory layout (``--out RUN_DIR``)::
+
+    RUN_DIR/config.yaml        the resolved config the run trains with (after --data-root/--max-steps)
+    RUN_DIR/metrics.jsonl      one JSON line per logging step (every loss term, lr, throughput)
+                               and one per validation (kind "val", miou in percent)
+    RUN_DIR/curves.png         loss curves and validation mIoU against the step
+    RUN_DIR/last.pt            latest checkpoint, with train_state (optimizer, scheduler, step,
+                               epoch, batch within the epoch, best mIoU, RNG states)
+    RUN_DIR/best.pt            best validation mIoU so far (no train_state)
+    RUN_DIR/class_counts.json  distill only: labelled points per class of the training split,
+                               computed once and reused on resume (also in checkpoint meta)
+    RUN_DIR/eval/              val_last.json, val_best.json and val_best_confusion.png from
+                               in-training validation; ``pvd eval`` of a run's checkpoint writes
+                               here too by default
+
+Resume (``--resume``) continues from RUN_DIR/last.pt. With a fixed seed, on CPU and with
+deterministic data order, a resumed run ends with exactly the weights of an
+uninterrupted run: data order and augmentation derive from (seed, epoch, index), the
+batches of the interrupted epoch already consumed are skipped, the learning rate is a
+function of the step, and every RNG (Python, numpy, torch, the PVD sampling generator)
+is restored; the DataLoader draws its worker base seed from its own generator so that
+starting an iterator never consumes the global torch RNG.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from pvd_core.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
+from pvd_core.config import Config, ConfigError
+from pvd_core.data import stats
+from pvd_core.data.dataset import ScanDataset, make_loader, set_epoch, split_files
+from pvd_core.device import resolve_device
+from pvd_core.evaluation import EvalReport, evaluate_split
+from pvd_core.labels import LabelMap, label_map_for
+from pvd_core.losses.distillation import PVDLoss
+from pvd_core.losses.segmentation import segmentation_loss
+from pvd_core.losses.supervoxel import class_weights_from_counts
+from pvd_core.models.cylinder3d import build_model
+from pvd_core.training import distributed
+from pvd_core.training.resume import capture_rng_state, restore_rng_state, seed_everything
+from pvd_core.training.run_log import MetricsLog, plot_curves
+from pvd_core.training.schedule import build_optimizer, build_scheduler
+
+# Fields that may change between an interrupted run and its resumption: they move the
+# data or change bookkeeping, not what the network is trained on.
+RESUME_MUTABLE = {
+    "dataset.data_root", "train.max_steps", "train.num_workers", "train.device", "train.log_every",
+    "train.val_every", "train.checkpoint_every", "train.max_val_scans",
+}
+
+
+class TrainError(ValueError):
+    """Training cannot start or continue; the message names the file or setting."""
+
+
+@dataclass
+class TrainOptions:
+    config: Config
+    out_dir: Path
+    resume: bool = False
+    teacher: Optional[Path] = None  # set by `pvd distill`
+    progress: bool = True
+    config_source: str = "config"  # where the config came from, for messages
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    best_miou: Optional[float]  # percent; None when nothing was validated
+    last_val_miou: Optional[float]
+    wall_s: float
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def changed_fields(a: Config, b: Config, sections: Optional[tuple[str, ...]] = None,
+                       ignore: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """Dotted fields where ``a`` and ``b`` differ, as 'field: a_value vs b_value'."""
+    fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
+    diffs = []
+    for key in sorted(set(fa) | set(fb)):
+        if sections is not None and key.split(".")[0] not in sections:
+            continue
+        if key in ignore:
+            continue
+        if fa.get(key) != fb.get(key):
+            diffs.append(f"{key}: {fa.get(key)!r} vs {fb.get(key)!r}")
+    return diffs
+
+
+def check_teacher_compatible(student: Config, teacher: Config, student_where: str, teacher_where: str) -> None:
+    """Teacher and student must see the same voxels and classes: same grid and dataset kind."""
+    diffs = changed_fields(student, teacher, sections=("grid",))
+    if student.dataset.kind != teacher.dataset.kind:
+        diffs.insert(0, f"dataset.kind: {student.dataset.kind!r} vs {teacher.dataset.kind!r}")
+    if diffs:
+        raise ConfigError(
+            f"student config {student_where} and teacher checkpoint {teacher_where} must share the grid and "
+            f"dataset kind (PVD compares them voxel by voxel); they differ in (student vs teacher): "
+            + "; ".join(diffs))
+
+
+def write_config_yaml(cfg: Config, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
+
+
+def _batches_per_epoch(num_items: int, batch_size: int) -> int:
+    return max(1, math.ceil(num_items / batch_size))
+
+
+def _loader_generator(seed: int, epoch: int) -> torch.Generator:
+    """The DataLoader's own generator: its base-seed draw must not touch the global torch RNG."""
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence([seed, epoch, 3]).generate_state(1)[0]))
+    return g
+
+
+class Trainer:
+    """One run: builds everything from the options, then :meth:`run` trains to max_steps."""
+
+    def __init__(self, opts: TrainOptions) -> None:
+        self.opts = opts
+        self.cfg = opts.config
+        self.out_dir = Path(opts.out_dir)
+        self.env = distributed.env_from_environment()
+        self.distill = opts.teacher is not None
+        self._check_mode()
+        self.device = distributed.setup(self.env, resolve_device(self.cfg.train.device))
+        self.is_main = self.env.is_main
+        self.label_map: LabelMap = label_map_for(self.cfg.dataset.kind)
+        self.last_path = self.out_dir / "last.pt"
+        self.best_path = self.out_dir / "best.pt"
+        self.resume_ckpt = self._check_run_dir()
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best_miou: Optional[float] = None
+        self.last_val_miou: Optional[float] = None
+        self.wall_before = 0.0  # training seconds of earlier (interrupted) sessions
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl")
+
+    # ------------------------------------------------------------------ set-up checks
+    def _check_mode(self) -> None:
+        where = self.opts.config_source
+        if self.distill and not self.cfg.distill.enabled:
+            raise ConfigError(f"{where}: distill.enabled is false; `pvd distill` needs a config with "
+                              "distill.enabled: true (the PVD weights live there)")
+        if not self.distill and self.cfg.distill.enabled:
+            raise ConfigError(f"{where}: distill.enabled is true; train it with `pvd distill --teacher CKPT`, "
+                              "or set distill.enabled: false for supervised training")
+
+    def _check_run_dir(self):
+        if self.opts.resume:
+            if not self.last_path.is_file():
+                raise TrainError(f"--resume: {self.last_path} not found (nothing to resume in {self.out_dir})")
+            ckpt = load_checkpoint(self.last_path)
+            if not ckpt.train_state:
+                raise TrainError(f"--resume: {self.last_path} has no train_state (not a resumable checkpoint)")
+            diffs = changed_fields(self.cfg, ckpt.config, ignore=RESUME_MUTABLE)
+            if diffs:
+                raise ConfigError(
+                    f"--resume: {self.opts.config_source} differs from the config {self.last_path} was trained "
+                    f"with in (this config vs the checkpoint's): " + "; ".join(diffs) + f" (only {sorted(RESUME_MUTABLE)} may change on resume)")
+            return ckpt
+        if self.last_path.exists():
+            raise TrainError(f"{self.last_path} exists: pass --resume to continue that run, or choose another --out")
+        return None
+
+    # ------------------------------------------------------------------ building
+    def _build(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.train.seed)
+        model = build_model(cfg).to(self.device)
+        self.raw_model = model
+        self.model = distributed.wrap_ddp(model, self.device, cfg.train.sync_batchnorm) if self.env.enabled else model
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+
+        self.train_set = ScanDataset(cfg, "train", augment=True)
+        if len(self.train_set) == 0:
+            raise TrainError(f"{self.opts.config_source}: the training split {cfg.dataset.train_sequences} under "
+                             f"{cfg.dataset.data_root} holds no scans")
+        sampler = None
+        if self.env.enabled:
+            sampler = torch.utils.data.DistributedSampler(
+                self.train_set, num_replicas=self.env.world_size, rank=self.env.rank, shuffle=True,
+                seed=cfg.train.seed)
+        self.loader = make_loader(self.train_set, cfg, shuffle=True, sampler=sampler)
+        per_rank = len(sampler) if sampler is not None else len(self.train_set)
+        self.batches_per_epoch = _batches_per_epoch(per_rank, cfg.train.batch_size)
+        self.validate_enabled = bool(cfg.dataset.val_sequences)
+        if self.validate_enabled and not split_files(cfg, "val"):
+            # Fail now rather than after val_every steps of training.
+            raise TrainError(f"{self.opts.config_source}: the validation split {cfg.dataset.val_sequences} under "
+                             f"{cfg.dataset.data_root} holds no scans (use val_sequences: [] for no validation)")
+
+        self.teacher = None
+        self.pvd_loss = None
+        self.generator = None
+        self.class_counts = None
+        if self.distill:
+            self._build_teacher()
+
+    def _build_teacher(self) -> None:
+        cfg = self.cfg
+        path = Path(self.opts.teacher)
+        if not path.is_file():
+            raise TrainError(f"--teacher: checkpoint {path} not found")
+        tckpt = load_checkpoint(path)
+        check_teacher_compatible(cfg, tckpt.config, self.opts.config_source, str(path))
+        if tckpt.label_map.class_names != self.label_map.class_names:
+            raise ConfigError(f"teacher checkpoint {path} has classes {tckpt.label_map.class_names}, the student "
+                              f"config's {cfg.dataset.kind} map has {self.label_map.class_names}")
+        teacher = build_model_from_checkpoint(tckpt, device=self.device)
+        teacher.eval()
+        teacher.requires_grad_(False)
+        self.teacher = teacher
+        self.teacher_info = {"path": str(path), "init_size": tckpt.config.model.init_size,
+                             "meta_step": (tckpt.meta or {}).get("step")}
+        self.class_counts = self._class_counts()
+        weights = class_weights_from_counts(self.class_counts).to(self.device)
+        self.pvd_loss = PVDLoss(cfg.distill, cfg.grid.size, cfg.grid.rho[1], weights)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(cfg.train.seed + 7919 * self.env.rank)
+
+    def _class_counts(self) -> np.ndarray:
+        """Counts of the training split: from the run dir when resuming, else computed once (rank 0)."""
+        path = self.out_dir / "class_counts.json"
+        counts = None
+        if self.is_main:
+            if self.opts.resume and path.is_file():
+                counts = stats.load_class_counts(path, self.label_map)
+            elif self.resume_ckpt is not None and "class_counts" in (self.resume_ckpt.meta or {}):
+                counts = np.asarray(self.resume_ckpt.meta["class_counts"], dtype=np.int64)
+                stats.save_class_counts(path, counts, self.label_map)
+            else:
+                counts = stats.class_point_counts(split_files(self.cfg, "train"), self.label_map,
+                                                  progress=self.opts.progress)
+                stats.save_class_counts(path, counts, self.label_map)
+        counts = distributed.broadcast_object(counts)
+        return np.asarray(counts, dtype=np.int64)
+
+    # ------------------------------------------------------------------ state
+    def _meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "trained_with": "distill" if self.distill else "train",
+            "step": self.step,
+            "epoch": self.epoch,
+            "metrics": {"best_miou": self.best_miou, "val_miou": self.last_val_miou},
+            "config_source": self.opts.config_source,
+            "world_size": self.env.world_size,
+            "wall_s": round(self.wall_before + (time.perf_counter() - self.t_start), 2),
+        }
+        if self.distill:
+            meta["teacher"] = self.teacher_info
+            meta["class_counts"] = [int(c) for c in self.class_counts]
+        return meta
+
+    def _train_state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best_miou": self.best_miou,
+            "last_val_miou": self.last_val_miou,
+            "world_size": self.env.world_size,
+            # one RNG state per rank (the PVD generator is seeded per rank)
+            "rng": distributed.gather_objects(capture_rng_state(self.generator)),
+        }
+
+    def _save(self, path: Path, train_state: Optional[dict[str, Any]] = None) -> None:
+        save_checkpoint(path, self.raw_model, self.cfg, self.label_map, self._meta(), train_state=train_state)
+
+    def _restore(self) -> dict[str, Any]:
+        ckpt = self.resume_ckpt
+        state = ckpt.train_state
+        if int(state.get("world_size", 1)) != self.env.world_size:
+            raise TrainError(f"--resume: {self.last_path} was written by a {state.get('world_size')}-process run; "
+                             f"resume it with the same number of processes (now {self.env.world_size})")
+        self.raw_model.load_state_dict(ckpt.model_state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.best_miou = state.get("best_miou")
+        self.last_val_miou = state.get("last_val_miou")
+        self.wall_before = float((ckpt.meta or {}).get("wall_s", 0.0))
+        rng = state["rng"]
+        if self.batch_in_epoch >= self.batches_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        return rng[self.env.rank]
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> Optional[EvalReport]:
+        from pvd_core.segmenter import Segmenter
+
+        model = self.raw_model
+        was_training = model.training
+        # The Segmenter puts the model in eval mode and freezes its parameters: undo both after.
+        grad_flags = [p.requires_grad for p in model.parameters()]
+        try:
+            segmenter = Segmenter(model, self.cfg, self.label_map, device=self.device)
+            report = evaluate_split(segmenter, self.cfg, "val", self.cfg.train.max_val_scans,
+                                    progress=self.opts.progress and self.is_main,
+                                    rank=self.env.rank, world_size=self.env.world_size)
+        finally:
+            for p, flag in zip(model.parameters(), grad_flags):
+                p.requires_grad_(flag)
+            model.train(was_training)
+        return report
+
+    def _after_validation(self, report: EvalReport) -> None:
+        miou = report.miou_percent
+        self.last_val_miou = miou
+        improved = miou is not None and (self.best_miou is None or miou > self.best_miou)
+        if improved:
+            self.best_miou = miou
+        if not self.is_main:
+            return
+        self.log.write({"kind": "val", "step": self.step, "epoch": self.epoch, "miou": miou,
+                        "best_miou": self.best_miou, "points": report.result.points, "scans": report.scans,
+                        "seconds": round(report.seconds, 2)})
+        report.extra = {"step": self.step}
+        report.write(self.out_dir / "eval" / "val_last.json")
+        if improved:
+            self._save(self.best_path)
+            report.write(self.out_dir / "eval" / "val_best.json", self.out_dir / "eval" / "val_best_confusion.png",
+                         title=f"validation, step {self.step}, mIoU {miou:.2f}")
+        plot_curves(self.log.read(), self.out_dir / "curves.png", title=str(self.out_dir.name))
+
+    # ------------------------------------------------------------------ the loop
+    def _step(self, batch) -> dict[str, float]:
+        batch = batch.to(self.device)
+        out = self.model(batch)
+        terms = segmentation_loss(out, batch, self.cfg.train)
+        loss = terms["seg"]
+        if self.teacher is not None:
+            with torch.no_grad():
+                t_out = self.teacher(batch)
+            pvd = self.pvd_loss(out, t_out, batch, self.generator)
+            terms.update(pvd)
+            loss = loss + pvd["pvd"]
+        terms["loss"] = loss
+        if not torch.isfinite(loss):
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            raise TrainError(f"non-finite loss at step {self.step + 1} (epoch {self.epoch}): {values}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    def _epoch_batches(self):
+        """Batches of the current epoch, minus those a resumed run already consumed."""
+        self.loader.generator = _loader_generator(self.cfg.train.seed, self.epoch)
+        if isinstance(self.loader.sampler, torch.utils.data.DistributedSampler):
+            set_epoch(self.loader, self.epoch)
+            return itertools.islice(iter(self.loader), self.batch_in_epoch, None)
+        set_epoch(self.loader, self.epoch, start_batch=self.batch_in_epoch)
+        return iter(self.loader)
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.t_start = time.perf_counter()
+        try:
+            self._build()
+            rng_state = self._restore() if self.resume_ckpt is not None else None
+            if self.is_main:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                write_config_yaml(cfg, self.out_dir / "config.yaml")
+                if rng_state is not None:
+                    dropped = self.log.truncate_after(self.step)
+                    if dropped:
+                        print(f"resume: dropped {dropped} metrics line(s) logged after step {self.step}")
+                    print(f"resuming {self.out_dir} at step {self.step} (epoch {self.epoch}, "
+                          f"batch {self.batch_in_epoch})")
+            max_steps = cfg.train.max_steps
+            bar = tqdm(total=max_steps, initial=self.step, desc="distill" if self.distill else "train",
+                       unit="step", disable=not (self.opts.progress and self.is_main), dynamic_ncols=True)
+            sums: dict[str, float] = {}
+            count = 0
+            t_log = time.perf_counter()
+            scans_since_log = 0
+            while self.step < max_steps:
+                batches = self._epoch_batches()
+                if rng_state is not None:
+                    restore_rng_state(rng_state, self.generator)
+                    rng_state = None
+                finished_epoch = True
+                for batch in batches:
+                    terms = self._step(batch)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    scans_since_log += batch.batch_size * self.env.world_size
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                    bar.update(1)
+                    if self.step % cfg.train.log_every == 0 or self.step == max_steps:
+                        means = distributed.mean_over_ranks({k: v / count for k, v in sums.items()})
+                        now = time.perf_counter()
+                        rate = scans_since_log / max(now - t_log, 1e-9)
+                        bar.set_postfix({k: f"{means[k]:.3f}" for k in ("loss", "seg", "pvd") if k in means}
+                                        | {"scans/s": f"{rate:.2f}"})
+                        if self.is_main:
+                            record = {"kind": "train", "step": self.step, "epoch": self.epoch,
+                                      "lr": self.optimizer.param_groups[0]["lr"]}
+                            record.update({k: round(v, 6) for k, v in means.items()})
+                            record["scans_per_s"] = round(rate, 3)
+                            record["elapsed_s"] = round(self.wall_before + now - self.t_start, 2)
+                            self.log.write(record)
+                        sums, count, t_log, scans_since_log = {}, 0, now, 0
+                    if self.validate_enabled and (self.step % cfg.train.val_every == 0 or self.step == max_steps):
+                        self._after_validation(self._validate())
+                    if self.step % cfg.train.checkpoint_every == 0 or self.step == max_steps:
+                        if self.step == max_steps and self.env.enabled:
+                            distributed.sync_buffers(self.raw_model)
+                        state = self._train_state()  # collective under DDP: every rank calls it
+                        if self.is_main:
+                            self._save(self.last_path, state)
+                        distributed.barrier()
+                    if self.step >= max_steps:
+                        finished_epoch = False
+                        break
+                if finished_epoch:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+            bar.close()
+            if self.env.enabled:
+                # Every rank reports its final weights: equal digests prove the ranks stayed in sync.
+                print(f"rank {self.env.rank}/{self.env.world_size}: final state sha256 "
+                      f"{distributed.state_digest(self.raw_model)}", flush=True)
+            if self.is_main:
+                if not self.validate_enabled:
+                    shutil.copyfile(self.last_path, self.best_path)
+                plot_curves(self.log.read(), self.out_dir / "curves.png", title=str(self.out_dir.name))
+            wall = self.wall_before + time.perf_counter() - self.t_start
+            return TrainResult(out_dir=self.out_dir, step=self.step, best_miou=self.best_miou,
+                               last_val_miou=self.last_val_miou, wall_s=wall)
+        finally:
+            distributed.cleanup()
+
+
+def train(opts: TrainOptions) -> TrainResult:
+    return Trainer(opts).run()

@@ -1,0 +1,52 @@
+"""Multi-process training: torchrun, 2 CPU processes (gloo), a few steps, identical weights.
+
+Each rank prints a SHA-256 of its final parameters and buffers; DDP averages the
+gradients and the loop copies rank 0's BatchNorm statistics at the end, so the digests
+must be equal, and equal to the digest of the checkpoint rank 0 wrote.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from test_train import REPO, read_jsonl, subprocess_env, tiny_config, write_tiny_kitti
+
+
+@pytest.mark.timeout(300)
+def test_two_ranks_end_with_identical_weights(tmp_path):
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    from pvd_core.checkpoint import load_checkpoint
+    from pvd_core.models.cylinder3d import build_model
+    from pvd_core.training.distributed import state_digest
+
+    data = tmp_path / "data"
+    write_tiny_kitti(data, ("00",), scans=4, seed=4)
+    write_tiny_kitti(data, ("08",), scans=1, seed=5)
+    cfg = tiny_config(tmp_path / "cfg.yaml", data, init_size=4, max_steps=3, batch_size=1, log_every=1,
+                      checkpoint_every=3, val_every=3)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "pvd_core.cli", "train", "--config", str(cfg), "--out", str(out), "--no-progress"],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout}\n{proc.stderr}"
+    digests = dict(re.findall(r"rank (\d)/2: final state sha256 ([0-9a-f]{64})", proc.stdout + proc.stderr))
+    assert set(digests) == {"0", "1"}, f"expected a digest from each rank:\n{proc.stdout}\n{proc.stderr}"
+    assert digests["0"] == digests["1"]
+
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt.meta["world_size"] == 2 and ckpt.meta["step"] == 3
+    assert len(ckpt.train_state["rng"]) == 2  # one RNG state per rank, for resume
+    model = build_model(ckpt.config)
+    model.load_state_dict(ckpt.model_state)
+    assert state_digest(model) == digests["0"]
+    # Only rank 0 logs: one line per step, not two; losses are averaged over ranks.
+    steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == [1, 2, 3]
+    # 4 scans over 2 ranks at batch 1: each step consumes 2 scans.
+    assert (out / "eval" / "val_best.json").is_file()
