@@ -1,0 +1,552 @@
+"""`pvd_bag replay`: `ros2 bag play` into a live segment node, scripted and scored.
+
+The bag's clouds are published through real rclpy at the bag's own timing (times
+``rate``) with the sensor-data QoS the node subscribes with (best effort, keep last 1),
+so nothing queues anywhere: when the node is busy, the newer scan replaces the older
+one and the older one is *dropped*. Answers are matched to inputs by header stamp (the
+node copies the input header), which gives per-frame latency
+
+    latency = receive time of the answer - wall time just before publishing the input,
+
+and ``dropped = published - answered``. The mIoU is computed over the answered frames
+only, against the bag's own ``label`` field. All clocks are this process's monotonic
+clock, so the figures are independent of the bag's stamps.
+
+The node runs either in this process (``node="inprocess"``: a SegmentNode on its own
+rclpy context, spun in a background thread; cheap to start, shares the GIL with the
+player) or as a child process (``node="process"``: ``python -m pvd_ros.segment_node``,
+what a robot runs; the player and the node then compete only for CPU). Each replay uses
+its own rclpy context and the given ROS domain id; everything is shut down on exit.
+
+The bag is read and converted to rclpy messages before the clock starts (so the player's
+own decoding does not eat into the node's CPU during the run); memory is about one copy
+of the bag's clouds.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+from tqdm import tqdm
+
+from pvd_ros import bag_io
+from pvd_ros.bag_eval import latency_summary
+
+PathLike = Union[str, Path]
+NODE_MODES = ("inprocess", "process")
+NODE_NAME = "segment_node"
+
+
+class ReplayError(RuntimeError):
+    """The replay cannot run (node failed to start, topics never matched); the message says why."""
+
+
+@dataclass
+class _Frame:
+    timestamp_ns: int  # bag receive time: the replay schedule
+    stamp_key: tuple[int, int]
+    msg: Any  # rclpy PointCloud2
+    gt: Optional[np.ndarray]  # (N,) uint8 class index, 0 where unscored
+
+
+def _stamp_key(header: Any) -> tuple[int, int]:
+    return int(header.stamp.sec), int(header.stamp.nanosec)
+
+
+def load_frames(bag: Path, topic: str, label_map: Any, max_frames: Optional[int],
+                progress: bool) -> list[_Frame]:
+    """Read the bag's clouds as rclpy messages plus their mapped ground truth."""
+    from pvd_ros.cloud_codec import copy_into_message, decode_points
+
+    frames: list[_Frame] = []
+    seen: dict[tuple[int, int], int] = {}
+    with bag_io.CloudBagReader(bag, topic) as reader:
+        total = len(reader) if max_frames is None else min(len(reader), max_frames)
+        for cloud in tqdm(reader, total=total, desc=f"load {bag.name}", unit="frame", disable=not progress):
+            if len(frames) >= total:
+                break
+            key = _stamp_key(cloud.msg.header)
+            if key in seen:
+                raise bag_io.BagError(
+                    f"{bag}: messages {seen[key]} and {cloud.index} on {topic!r} have the same header stamp "
+                    f"{key[0]}.{key[1]:09d}; replay matches answers to inputs by stamp, so stamps must be unique")
+            seen[key] = cloud.index
+            gt = None
+            if bag_io.has_label_field(cloud.msg):
+                raw = bag_io.read_label_field(cloud.msg)
+                gt = label_map.map_raw(raw & 0xFFFF, source=f"{bag} {topic} message {cloud.index} field 'label'")
+                finite = np.isfinite(decode_points(cloud.msg).points[:, :3]).all(axis=1)
+                gt[~finite] = 0  # the node labels non-finite points 0; they are not scored
+            frames.append(_Frame(cloud.timestamp_ns, key, copy_into_message(cloud.msg), gt))
+    if not frames:
+        raise bag_io.BagError(f"{bag}: topic {topic!r} has no messages")
+    return frames
+
+
+class _ChildNode:
+    """segment_node as a child process, with its log kept for error messages."""
+
+    def __init__(self, checkpoint: Path, device: str, domain_id: int, params_file: Optional[Path],
+                 extra_params: dict[str, Any], env: dict[str, str]) -> None:
+        import yaml
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="pvd_bag_replay_")
+        overrides = Path(self._tmp.name) / "overrides.yaml"
+        params = {"checkpoint": str(checkpoint), "device": device, **extra_params}
+        overrides.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+        self.log_path = Path(self._tmp.name) / "segment_node.log"
+        cmd = [sys.executable, "-m", "pvd_ros.segment_node", "--ros-args", "-r", f"__node:={NODE_NAME}"]
+        if params_file is not None:
+            cmd += ["--params-file", str(params_file)]
+        cmd += ["--params-file", str(overrides)]
+        env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1", **env)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def check_alive(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            raise ReplayError(f"segment_node child process exited with code {code} before the replay ended; "
+                              f"its log ends with:\n{self.log_tail()}")
+
+    def log_tail(self, n_chars: int = 3000) -> str:
+        self._log.flush()
+        try:
+            return self.log_path.read_text(errors="replace")[-n_chars:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT: the node's main() shuts down cleanly
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+        self._tmp.cleanup()
+
+
+def replay_bag(
+    bag: PathLike,
+    checkpoint: PathLike,
+    rate: float = 1.0,
+    topic: str = bag_io.DEFAULT_TOPIC,
+    record: Optional[PathLike] = None,
+    record_storage: str = "mcap",
+    node: str = "inprocess",
+    device: str = "auto",
+    domain_id: Optional[int] = None,
+    params_file: Optional[PathLike] = None,
+    node_params: Optional[dict[str, Any]] = None,
+    drain_timeout_s: float = 30.0,
+    startup_timeout_s: float = 180.0,
+    max_frames: Optional[int] = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Replay ``topic`` of ``bag`` into a segment node running ``checkpoint``; returns the report.
+
+    ``rate`` scales the bag's timing (2.0 = twice as fast). ``record``: write the node's
+    labelled clouds to this new bag (receive time = input's bag time + measured latency).
+    ``node_params``: extra node parameters (e.g. {"max_points": 50000}).
+    ``drain_timeout_s``: after the last publish, the longest wait for the last answers.
+    """
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.serialization import serialize_message
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import PointCloud2
+    from std_msgs.msg import Bool
+
+    from pvd_core.checkpoint import load_checkpoint
+    from pvd_core.metrics import ConfusionMatrix, compute_iou, format_iou_table, metrics_dict
+    from pvd_ros.cloud_codec import CloudError, copy_into_message
+
+    bag, checkpoint = Path(bag), Path(checkpoint)
+    if rate <= 0:
+        raise ValueError(f"--rate must be > 0, got {rate}")
+    if node not in NODE_MODES:
+        raise ValueError(f"node must be one of {NODE_MODES}, got {node!r}")
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
+    if params_file is not None and not Path(params_file).is_file():
+        raise FileNotFoundError(f"{params_file}: node parameter file not found")
+    if record is not None and Path(record).exists():
+        raise bag_io.BagError(f"{record}: --record bag already exists; remove it or choose another path")
+    if domain_id is None:
+        domain_id = int(os.environ.get("ROS_DOMAIN_ID", "0") or 0)
+    extra = dict(node_params or {})
+    extra.setdefault("publish_legend", False)
+
+    label_map = _checkpoint_label_map(checkpoint, load_checkpoint)
+    frames = load_frames(bag, topic, label_map, max_frames, progress)
+    labelled = any(f.gt is not None for f in frames)
+
+    transport_env = _large_data_env() if node == "process" else {}
+    saved_env = {k: os.environ.get(k) for k in transport_env}
+    os.environ.update(transport_env)  # read when our participant is created (first node); restored below
+    context = Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    executor = SingleThreadedExecutor(context=context)
+    player: Optional[Node] = None
+    seg_node: Any = None
+    child: Optional[_ChildNode] = None
+    spin_thread: Optional[threading.Thread] = None
+    writer: Optional[bag_io.CloudBagWriter] = None
+    lock = threading.Lock()
+    published: dict[tuple[int, int], tuple[float, int]] = {}  # stamp -> (publish monotonic, frame index)
+    answers: dict[int, tuple[float, Optional[np.ndarray]]] = {}  # frame index -> (latency s, labels)
+    unmatched = [0]
+    received_total = [0]
+    bad_answers: list[str] = []
+    last_event = [time.monotonic()]
+    diag_values: dict[str, str] = {}
+    ready_flag = threading.Event()
+    probe_answers: dict[tuple[int, int], float] = {}
+    bag_keys = {f.stamp_key for f in frames}
+    probe_keys = {(0, k) for k in range(1, 1000) if (0, k) not in bag_keys}
+    try:
+        if node == "inprocess":
+            from pvd_ros.segment_node import SegmentNode
+
+            overrides = [Parameter("checkpoint", value=str(checkpoint)), Parameter("device", value=device)]
+            overrides += [Parameter(k, value=v) for k, v in extra.items()]
+            cli_args = ["--ros-args", "--params-file", str(params_file)] if params_file is not None else None
+            seg_node = SegmentNode(context=context, parameter_overrides=overrides, cli_args=cli_args)
+            input_topic, output_topic = seg_node.input_topic, seg_node.output_topic
+            executor.add_node(seg_node)
+            ready_flag.set()
+        else:
+            child = _ChildNode(checkpoint, device, domain_id, Path(params_file) if params_file else None, extra,
+                               transport_env)
+            input_topic, output_topic = f"/{NODE_NAME}/input/points", f"/{NODE_NAME}/output/points"
+
+        player = Node("pvd_bag_replay", context=context)
+        _restore_env(saved_env)
+        sensor_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                                reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+        answer_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                                reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        publisher = player.create_publisher(PointCloud2, input_topic, sensor_qos)
+        if record is not None:
+            writer = bag_io.CloudBagWriter(record, topic=output_topic, storage=record_storage).__enter__()
+
+        def on_answer(msg: PointCloud2) -> None:
+            received = time.monotonic()
+            key = _stamp_key(msg.header)
+            with lock:
+                received_total[0] += 1
+            if key in probe_keys:
+                with lock:
+                    probe_answers[key] = received
+                return
+            with lock:
+                entry = published.get(key)
+                last_event[0] = received
+                if entry is None or entry[1] in answers:
+                    unmatched[0] += 1
+                    return
+            sent, index = entry
+            labels = None
+            n_expected = int(frames[index].msg.height) * int(frames[index].msg.width)
+            try:
+                if int(msg.height) * int(msg.width) != n_expected:
+                    raise CloudError("layout", f"answer has {int(msg.height) * int(msg.width)} points, "
+                                               f"input had {n_expected}")
+                if frames[index].gt is not None:
+                    labels = np.array(bag_io.read_label_field(msg), dtype=np.int64)
+            except CloudError as exc:
+                with lock:
+                    bad_answers.append(f"frame {index}: {exc}")
+                return
+            with lock:
+                answers[index] = (received - sent, labels)
+            if writer is not None:
+                writer.write_serialized(serialize_message(msg),
+                                        frames[index].timestamp_ns + int((received - sent) * 1e9))
+
+        def on_diagnostics(msg: DiagnosticArray) -> None:
+            for status in msg.status:
+                if status.name.startswith(f"{NODE_NAME}:"):
+                    with lock:
+                        diag_values.update({kv.key: kv.value for kv in status.values})
+
+        player.create_subscription(PointCloud2, output_topic, on_answer, answer_qos)
+        player.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+        player.create_subscription(Bool, f"/{NODE_NAME}/ready", lambda m: m.data and ready_flag.set(), latched)
+        executor.add_node(player)
+        spin_thread = threading.Thread(target=_spin, args=(executor,), name="pvd_bag_replay_spin", daemon=True)
+        spin_thread.start()
+
+        _wait(lambda: ready_flag.is_set(), startup_timeout_s, child,
+              f"segment_node did not report ready on /{NODE_NAME}/ready within {startup_timeout_s:.0f} s")
+        _wait(lambda: publisher.get_subscription_count() > 0 and
+              player.count_publishers(output_topic) > 0, 30.0, child,
+              f"the player and segment_node did not discover each other on {input_topic} / {output_topic} "
+              f"within 30 s (ROS domain {domain_id})")
+        # Round trip before the clock starts: discovery is asymmetric (our publisher may see the
+        # node's subscription before the node accepts our samples, and the node skips clouds
+        # until its own publisher sees our subscription), so a probe cloud is re-sent until one
+        # answer comes back. Probe stamps never collide with the bag's; probe answers are not scored.
+        probe_rtt = _probe(frames[0].msg, publisher, probe_keys, probe_answers, lock, startup_timeout_s, child,
+                           copy_into_message)
+
+        # ------------------------------------------------------------ the timed run
+        t0_bag = frames[0].timestamp_ns
+        start = time.monotonic() + 0.05
+        lateness: list[float] = []
+        bar = tqdm(total=len(frames), desc=f"replay x{rate:g}", unit="frame", disable=not progress)
+        for index, frame in enumerate(frames):
+            target = start + (frame.timestamp_ns - t0_bag) / 1e9 / rate
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if child is not None and index % 10 == 0:
+                child.check_alive()
+            now = time.monotonic()
+            lateness.append(now - target)
+            with lock:
+                published[frame.stamp_key] = (now, index)
+                last_event[0] = now
+            publisher.publish(frame.msg)
+            bar.update(1)
+            with lock:
+                bar.set_postfix(answered=len(answers))
+        bar.close()
+        end_publish = time.monotonic()
+
+        # ------------------------------------------------------------ drain: bounded wait for the last answers
+        while True:
+            with lock:
+                done = len(answers) == len(frames)
+                worst = max((a[0] for a in answers.values()), default=None)
+                idle = time.monotonic() - last_event[0]
+            if done:
+                break
+            window = drain_timeout_s if worst is None else min(drain_timeout_s, max(2.0, 3.0 * worst))
+            if idle > window or time.monotonic() - end_publish > drain_timeout_s:
+                break
+            if child is not None:
+                child.check_alive()
+            time.sleep(0.02)
+        wall_s = time.monotonic() - start
+        node_stats = seg_node.stats() if seg_node is not None else {k: _maybe_int(v) for k, v in diag_values.items()
+                                                                     if not k.startswith("mean_") and k != "checkpoint"}
+        device_used = str(seg_node.segmenter.device) if seg_node is not None else None
+        if seg_node is not None:  # the node's own per-frame times (decode to encode), recent frames
+            recent = seg_node.recent_frames()[-20:]
+            node_mean_ms = {stage: round(float(np.mean([f.timings[stage] for f in recent])), 3)
+                            for stage in (recent[0].timings if recent else {})}
+        else:
+            node_mean_ms = {k[len("mean_"):-len("_ms")]: float(v) for k, v in diag_values.items()
+                            if k.startswith("mean_") and k.endswith("_ms")}
+    finally:
+        _restore_env(saved_env)
+        executor.shutdown(timeout_sec=5.0)
+        if spin_thread is not None:
+            spin_thread.join(timeout=5.0)
+        if seg_node is not None:
+            seg_node.destroy_node()
+        if player is not None:
+            player.destroy_node()
+        context.try_shutdown()
+        if child is not None:
+            child.stop()
+        if writer is not None:
+            writer.__exit__(None, None, None)
+
+    # ------------------------------------------------------------ report
+    with lock:
+        answered = dict(answers)
+    latencies_ms = [answered[i][0] * 1e3 for i in sorted(answered)]
+    report: dict[str, Any] = {
+        "bag": str(bag),
+        "topic": topic,
+        "checkpoint": str(checkpoint),
+        "node": node,
+        "device": device_used or device,
+        "rate": rate,
+        "input_hz": _input_hz(frames, rate),
+        "frames": len(frames),
+        "published": len(frames),
+        "answered": len(answered),
+        "dropped": len(frames) - len(answered),
+        "drop_rate": round((len(frames) - len(answered)) / len(frames), 4),
+        "latency_ms": latency_summary(latencies_ms),
+        "publish_lateness_ms": latency_summary([x * 1e3 for x in lateness]),
+        "unmatched_answers": unmatched[0],
+        "probe_answers": len(probe_answers),
+        "answers_received": received_total[0],
+        "bad_answers": bad_answers[:10],
+        "wall_s": round(wall_s, 3),
+        "probe_round_trip_ms": round(probe_rtt * 1e3, 3),
+        "node_stats": node_stats,
+        "node_mean_ms": node_mean_ms,
+        "domain_id": domain_id,
+        "dds_env": transport_env,
+        "labelled": labelled,
+    }
+    if record is not None:
+        report["record"] = {"bag": str(record), "topic": output_topic, "messages": writer.count if writer else 0}
+    if labelled:
+        confusion = ConfusionMatrix(label_map.num_classes)
+        for index, (_, labels) in answered.items():
+            gt = frames[index].gt
+            if gt is not None and labels is not None:
+                confusion.update(labels, gt)
+        if confusion.points:
+            iou = compute_iou(confusion.matrix)
+            scores = metrics_dict(iou, label_map.class_names)
+            report.update(miou=scores["miou"], iou=scores["iou"], absent_classes=scores["absent_classes"],
+                          scored_points=scores["points"], table=format_iou_table(iou, label_map.class_names))
+        else:
+            report.update(miou=None, iou=None, note="no labelled frame was answered: no mIoU")
+    else:
+        report.update(miou=None, iou=None, note=f"no cloud on {topic} has a 'label' field: latency only, no mIoU")
+    return report
+
+
+def _checkpoint_label_map(checkpoint: Path, load_checkpoint: Any) -> Any:
+    """The label map stored in the checkpoint (CheckpointError names the file if it is not one)."""
+    return load_checkpoint(str(checkpoint)).label_map
+
+
+def _probe(template: Any, publisher: Any, keys: set[tuple[int, int]], answered: dict[tuple[int, int], float],
+           lock: threading.Lock, timeout_s: float, child: Optional[_ChildNode], copy_into_message: Any) -> float:
+    """Re-send a probe cloud (backing off) until one is answered, then let the node go idle.
+
+    Returns the probe's round-trip time in seconds. The node keeps only the newest cloud,
+    so after the first answer the last probe sent is the last one it will process: wait
+    for its answer (it may also have been dropped, hence the bounded wait) so that the
+    timed run starts with an idle node.
+    """
+    deadline = time.monotonic() + timeout_s
+    from std_msgs.msg import Header
+
+    probe = copy_into_message(template)
+    probe.header = Header(frame_id=template.header.frame_id)  # copy_into_message shares the template's header
+    sent: dict[tuple[int, int], float] = {}
+    interval = 1.0
+    order = sorted(keys)
+    rtt: Optional[float] = None
+    while rtt is None:
+        if len(sent) == len(order):
+            raise ReplayError(f"segment_node answered none of {len(sent)} probe clouds")
+        key = order[len(sent)]
+        probe.header.stamp.sec, probe.header.stamp.nanosec = key
+        sent[key] = time.monotonic()
+        publisher.publish(probe)
+        resend = time.monotonic() + interval
+        interval = min(2.0 * interval, 8.0)
+        while rtt is None and time.monotonic() < resend:
+            with lock:
+                got = [(k, t) for k, t in answered.items() if k in sent]
+            if got:
+                k, t = min(got, key=lambda kt: kt[1])
+                rtt = t - sent[k]
+                break
+            if child is not None:
+                child.check_alive()
+            if time.monotonic() > deadline:
+                tail = f"\nsegment_node log:\n{child.log_tail()}" if child is not None else ""
+                raise ReplayError(f"segment_node answered none of {len(sent)} probe clouds within {timeout_s:.0f} s "
+                                  f"(publishing {publisher.topic_name}){tail}")
+            time.sleep(0.02)
+    last = key
+    quiet_until = time.monotonic() + 3.0 * rtt + 1.0
+    while time.monotonic() < quiet_until:
+        with lock:
+            if last in answered:
+                break
+        time.sleep(0.02)
+    return rtt
+
+
+def _large_data_env() -> dict[str, str]:
+    """Fast DDS transport settings for multi-megabyte best-effort clouds between processes.
+
+    Measured here (rclpy Kilted wheels, Fast DDS default UDP + 512 KB SHM segments):
+    best-effort samples of 1 MB and 2.4 MB sent to another process never arrived, 100 KB
+    ones did; with ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` (SHM/TCP for data) all did.
+    A 64-beam cloud is about 2 MB, so without it every frame would count as "dropped"
+    for a transport reason, not a compute one. Left alone when the user has set the
+    variable or chosen another RMW.
+    """
+    rmw = os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    if "FASTDDS_BUILTIN_TRANSPORTS" in os.environ or not rmw.startswith("rmw_fastrtps"):
+        return {}
+    return {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
+
+
+def _restore_env(saved: dict[str, Optional[str]]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _spin(executor: Any) -> None:
+    from rclpy.executors import ExternalShutdownException
+
+    try:
+        executor.spin()
+    except (ExternalShutdownException, KeyboardInterrupt):
+        pass
+    except Exception as exc:  # a context shut down under the executor: nothing left to spin
+        if "shutdown" not in str(exc).lower() and "context" not in str(exc).lower():
+            raise
+
+
+def _wait(condition: Any, timeout_s: float, child: Optional[_ChildNode], message: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if child is not None:
+            child.check_alive()
+        if time.monotonic() > deadline:
+            tail = f"\nsegment_node log:\n{child.log_tail()}" if child is not None else ""
+            raise ReplayError(message + tail)
+        time.sleep(0.05)
+
+
+def _input_hz(frames: Sequence[_Frame], rate: float) -> Optional[float]:
+    if len(frames) < 2:
+        return None
+    span = (frames[-1].timestamp_ns - frames[0].timestamp_ns) / 1e9
+    return round((len(frames) - 1) / span * rate, 3) if span > 0 else None
+
+
+def _maybe_int(value: str) -> Any:
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def print_report(report: dict[str, Any]) -> None:
+    if report.get("table"):
+        print(report["table"])
+    lat = report["latency_ms"]
+    print(f"replay x{report['rate']:g} ({report['input_hz']} Hz) of {report['frames']} frames, node {report['node']} "
+          f"on {report['device']}: answered {report['answered']}, dropped {report['dropped']} "
+          f"({100 * report['drop_rate']:.1f} %)")
+    print(f"latency ms (answer received - input published): p50 {lat['p50']}  p95 {lat['p95']}  max {lat['max']}")
+    if report.get("note"):
+        print(f"note: {report['note']}")
+    if report.get("record"):
+        print(f"recorded {report['record']['messages']} labelled clouds to {report['record']['bag']}")
