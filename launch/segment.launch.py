@@ -5,11 +5,17 @@
 
 The parameter file is loaded first and the launch arguments override it; the node's
 private topics ~/input/points and ~/output/points are remapped to the given topics.
+
+Fast DDS (the default RMW) with its default transports never delivers best-effort samples
+of about 1 MB or more to another process (measured: a 2 MB 64-beam cloud is lost every
+time; see pvd_ros/bag_replay.py). The node is therefore started with
+FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (argument ``dds_transports``); give the LiDAR driver
+the same variable, or run both in one process. Other RMWs ignore the variable.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
@@ -21,8 +27,8 @@ def generate_launch_description() -> LaunchDescription:
 
     arguments = [
         DeclareLaunchArgument(
-            "checkpoint", default_value=PathJoinSubstitution([share, "models", "student.pt"]),
-            description="Student checkpoint (.pt) the node runs"),
+            "checkpoint", default_value=PathJoinSubstitution([share, "models", "synthetic_student_pvd.pt"]),
+            description="Student checkpoint (.pt) the node runs (the default knows synthetic streets only)"),
         DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda"),
         DeclareLaunchArgument(
             "input_topic", default_value="/velodyne_points", description="PointCloud2 topic to segment"),
@@ -39,6 +45,10 @@ def generate_launch_description() -> LaunchDescription:
             description="RViz configuration file"),
         DeclareLaunchArgument(
             "fixed_frame", default_value="velodyne", description="RViz fixed frame (the clouds' frame_id)"),
+        DeclareLaunchArgument(
+            "dds_transports",
+            default_value=EnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", default_value="LARGE_DATA"),
+            description="FASTDDS_BUILTIN_TRANSPORTS for the node (LARGE_DATA carries multi-MB clouds)"),
     ]
 
     segment_node = Node(
@@ -47,6 +57,7 @@ def generate_launch_description() -> LaunchDescription:
         name="segment_node",
         output="screen",
         emulate_tty=True,
+        additional_env={"FASTDDS_BUILTIN_TRANSPORTS": LaunchConfiguration("dds_transports")},
         parameters=[
             LaunchConfiguration("params_file"),
             {

@@ -76,6 +76,14 @@ def test_launch_file_runs_the_node_with_params_file_overrides_and_remappings(tre
     for pair in _kw(node, "remappings").elts:
         remappings[ast.literal_eval(pair.elts[0])] = _launch_config_name(pair.elts[1])
     assert remappings == {"~/input/points": "input_topic", "~/output/points": "output_topic"}
+    # Multi-MB best-effort clouds need Fast DDS's LARGE_DATA transports between processes.
+    env = _kw(node, "additional_env")
+    assert isinstance(env, ast.Dict)
+    env_map = {ast.literal_eval(k): _launch_config_name(v) for k, v in zip(env.keys, env.values)}
+    assert env_map == {"FASTDDS_BUILTIN_TRANSPORTS": "dds_transports"}
+    default = _kw([c for c in _calls(tree, "DeclareLaunchArgument")
+                   if ast.literal_eval(c.args[0]) == "dds_transports"][0], "default_value")
+    assert _call_name(default) == "EnvironmentVariable" and ast.literal_eval(_kw(default, "default_value")) == "LARGE_DATA"
 
 
 def test_default_params_file_and_rviz_config_are_the_shipped_ones(tree):
