@@ -14,7 +14,6 @@ class 0 is not the most likely).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,23 +23,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from pvd_core.augment import FLIP_X, FLIP_XY, FLIP_Y, AugmentParams, transform_points
 from pvd_core.config import Config
 from pvd_core.data.batch import collate_scans
 from pvd_core.device import resolve_device
 from pvd_core.labels import LabelMap
 from pvd_core.voxelizer import CylindricalVoxelizer
 
-# Deterministic test-time augmentation votes: (flip x, flip y, rotation deg about z, xy scale).
-# Vote 0 is the identity; the others are the training augmentations of METHOD.md section 5.
-TTA_VOTES: tuple[tuple[bool, bool, float, float], ...] = (
-    (False, False, 0.0, 1.0),
-    (False, True, 0.0, 1.0),
-    (True, False, 0.0, 1.0),
-    (True, True, 0.0, 1.0),
-    (False, False, 22.5, 1.0),
-    (False, False, -22.5, 1.0),
-    (False, False, 0.0, 0.95),
-    (False, False, 0.0, 1.05),
+# Deterministic test-time augmentation votes, the training augmentations of METHOD.md
+# section 5 at fixed values. Vote 0 is the identity.
+TTA_VOTES: tuple[AugmentParams, ...] = (
+    AugmentParams(),
+    AugmentParams(flip=FLIP_Y),
+    AugmentParams(flip=FLIP_X),
+    AugmentParams(flip=FLIP_XY),
+    AugmentParams(angle_deg=22.5),
+    AugmentParams(angle_deg=-22.5),
+    AugmentParams(scale=0.95),
+    AugmentParams(scale=1.05),
 )
 MAX_TTA = len(TTA_VOTES)
 
@@ -54,22 +54,7 @@ class SegmentationResult:
 
 def augment_points(points: np.ndarray, vote: int) -> np.ndarray:
     """Points under TTA vote ``vote`` (a copy; vote 0 returns the input itself)."""
-    flip_x, flip_y, angle_deg, scale = TTA_VOTES[vote]
-    if vote == 0:
-        return points
-    out = np.array(points, dtype=np.float32, copy=True)
-    if flip_x:
-        out[:, 0] = -out[:, 0]
-    if flip_y:
-        out[:, 1] = -out[:, 1]
-    if angle_deg:
-        c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
-        x, y = out[:, 0].copy(), out[:, 1].copy()
-        out[:, 0] = c * x - s * y
-        out[:, 1] = s * x + c * y
-    if scale != 1.0:
-        out[:, :2] *= scale
-    return out
+    return points if vote == 0 else transform_points(points, TTA_VOTES[vote])
 
 
 class Segmenter:
