@@ -169,7 +169,8 @@ class Segmenter:
                         # Votes summed; the identity vote defines which points are inside.
                         z = z[torch.from_numpy(kept).to(z.device)]
                     best, label = z[:, 1:].max(dim=1)
-                    conf = torch.exp(best - torch.logsumexp(z, dim=1))
+                    # softmax(z)[label] = 1 / sum_c exp(z_c - z_label): one exp pass, no logsumexp.
+                    conf = torch.exp(z - best.unsqueeze(1)).sum(dim=1).reciprocal_()
                     labels[kept] = (label + 1).to(torch.int32).cpu().numpy()
                     confidence[kept] = conf.cpu().numpy()
                 results[i] = SegmentationResult(labels=labels, confidence=confidence)
