@@ -36,3 +36,36 @@ def nuscenes_root() -> Path:
     if not NUSC_ROOT.is_dir():
         pytest.skip(f"real nuScenes fixture not found at {NUSC_ROOT} (../shared/data is absent)")
     return NUSC_ROOT
+
+
+@pytest.fixture
+def single_torch_thread():
+    """One intra-op thread for tests of tiny models: they gain nothing from a second one, the
+    suite shares two cores, and oversubscribed OpenMP threads spin (test_spconv_compat covers
+    the two-thread case)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def save_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A random-weight model on a 32 x 32 x 8 grid, init_size 4: a forward takes milliseconds."""
+    import torch
+
+    from pvd_core.checkpoint import save_checkpoint
+    from pvd_core.config import config_from_dict
+    from pvd_core.labels import SEMANTIC_KITTI
+    from pvd_core.models.cylinder3d import build_model
+
+    torch.manual_seed(seed)
+    cfg = config_from_dict({"grid": {"size": [32, 32, 8]}, "model": {"init_size": 4}})
+    save_checkpoint(path, build_model(cfg), cfg, SEMANTIC_KITTI, {"dataset": "test", "step": 0, "metrics": {}})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_model") / "tiny.pt")

@@ -27,20 +27,6 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bag_replay")
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(workdir: Path) -> Path:
-    import torch
-
-    from pvd_core.checkpoint import save_checkpoint
-    from pvd_core.config import config_from_dict
-    from pvd_core.labels import SEMANTIC_KITTI
-    from pvd_core.models.cylinder3d import build_model
-
-    torch.manual_seed(0)
-    cfg = config_from_dict({"grid": {"size": [32, 32, 8]}, "model": {"init_size": 4}})
-    path = workdir / "tiny.pt"
-    save_checkpoint(path, build_model(cfg), cfg, SEMANTIC_KITTI, {"dataset": "test", "step": 0, "metrics": {}})
-    return path
 
 
 def _make_bag(workdir: Path, name: str, scans: int, rate_hz: float) -> Path:

@@ -38,20 +38,6 @@ def synth_root(workdir: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(workdir: Path) -> Path:
-    from pvd_core.checkpoint import save_checkpoint
-    from pvd_core.config import config_from_dict
-    from pvd_core.labels import SEMANTIC_KITTI
-    from pvd_core.models.cylinder3d import build_model
-
-    import torch
-
-    torch.manual_seed(0)
-    cfg = config_from_dict({"grid": {"size": [32, 32, 8]}, "model": {"init_size": 4}})
-    path = workdir / "tiny.pt"
-    save_checkpoint(path, build_model(cfg), cfg, SEMANTIC_KITTI, {"dataset": "test", "step": 0, "metrics": {}})
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,7 @@ from pvd_core.models.cylinder3d import build_model
 from pvd_core.voxelizer import CylindricalVoxelizer
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: these tiny models gain nothing from a second one, and the suite
-    shares two cores (test_spconv_compat covers the two-thread case)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def tiny_config(init_size: int = 4, size=(32, 32, 8)):

@@ -11,20 +11,6 @@ import pytest
 pytest.importorskip("rclpy", reason="the demo replays through a real ROS 2 node; rclpy is not installed")
 
 
-@pytest.fixture
-def tiny_checkpoint(tmp_path: Path) -> Path:
-    import torch
-
-    from pvd_core.checkpoint import save_checkpoint
-    from pvd_core.config import config_from_dict
-    from pvd_core.labels import SEMANTIC_KITTI
-    from pvd_core.models.cylinder3d import build_model
-
-    torch.manual_seed(0)
-    cfg = config_from_dict({"grid": {"size": [32, 32, 8]}, "model": {"init_size": 4}})
-    path = tmp_path / "tiny.pt"
-    save_checkpoint(path, build_model(cfg), cfg, SEMANTIC_KITTI, {"dataset": "test", "step": 0, "metrics": {}})
-    return path
 
 
 def test_demo_writes_reports_pictures_and_a_labelled_bag(tmp_path, tiny_checkpoint, monkeypatch, capsys):

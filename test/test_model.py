@@ -15,14 +15,7 @@ from pvd_core.voxelizer import CylindricalVoxelizer
 GRID = [32, 32, 8]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: these tiny models gain nothing from a second one, and the suite
-    shares two cores (test_spconv_compat covers the two-thread case)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def tiny_config(init_size: int = 4, kind: str = "semantickitti"):

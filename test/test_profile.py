@@ -22,14 +22,7 @@ from pvd_core.voxelizer import CylindricalVoxelizer
 SHAPE = (10, 12, 6)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: these tiny models gain nothing from a second one, and the suite
-    shares two cores (test_spconv_compat covers the two-thread case)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def random_voxels(seed: int = 0) -> np.ndarray:

@@ -17,14 +17,7 @@ from pvd_core.segmenter import MAX_TTA, Segmenter, SegmentationResult
 GRID = {"size": [32, 32, 8]}
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: these tiny models gain nothing from a second one, and the suite
-    shares two cores (test_spconv_compat covers the two-thread case)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def tiny_config(out_of_volume: str = "clip"):
