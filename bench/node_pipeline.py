@@ -51,12 +51,12 @@ def student_checkpoint(directory: Path) -> Path:
     import torch
 
     from pvd_core.checkpoint import save_checkpoint
-    from pvd_core.config import config_from_dict
+    from pvd_core.config import load_config
     from pvd_core.labels import SEMANTIC_KITTI
     from pvd_core.models.cylinder3d import build_model
 
     torch.manual_seed(0)
-    cfg = config_from_dict({"model": {"init_size": 16}})  # default grid: 480 x 360 x 32
+    cfg = load_config(REPO / "config" / "cylinder3d_student.yaml")  # the paper's student, 480 x 360 x 32
     path = directory / "student_random.pt"
     save_checkpoint(path, build_model(cfg), cfg, SEMANTIC_KITTI,
                     {"dataset": "semantickitti", "step": 0, "metrics": {}, "note": "random weights (benchmark)"})
