@@ -65,6 +65,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path: PathLike, model: nn.Module, config: Config, label_map: LabelMap,
                     meta: Optional[dict] = None, train_state: Optional[dict] = None) -> None:
     """Write a checkpoint atomically; ``meta`` keys override the defaults of META_KEYS."""
@@ -94,6 +100,8 @@ def save_checkpoint(path: PathLike, model: nn.Module, config: Config, label_map:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates the file 0600; a checkpoint is data other users (a ROS node) read.
+        os.chmod(tmp_name, 0o666 & ~_current_umask())
         os.replace(tmp_name, path)
     except BaseException:
         try:

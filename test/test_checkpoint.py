@@ -1,7 +1,9 @@
 """The checkpoint format: round trip, atomic writes, and mismatch messages that name the difference."""
 from __future__ import annotations
 
+import os
 import re
+import stat
 
 import numpy as np
 import pytest
@@ -143,3 +145,11 @@ def test_wrong_format_version_is_refused(saved, tmp_path):
 def test_git_revision_is_a_commit_or_unknown():
     rev = git_revision()
     assert rev == "unknown" or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", rev), rev
+
+
+def test_checkpoint_is_readable_by_other_users_like_any_file(saved):
+    """mkstemp's 0600 must not leak into the result: a ROS node may run as another user."""
+    path = saved[0]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~mask
