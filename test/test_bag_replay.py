@@ -92,7 +92,7 @@ def test_overload_drops_instead_of_queueing(workdir: Path, tiny_checkpoint: Path
                         node_params=FAST_NODE, progress=False)
     assert report["published"] == 12
     assert report["answered"] + report["dropped"] == 12
-    assert 1 <= report["answered"] < 12 and report["dropped"] > 0, report
+    assert report["answered"] >= 1 and report["answered"] < 12 and report["dropped"] > 0, report
     # Everything the node processed reached us: the drops happened at its input (newest scan
     # only), not in a queue of answers nor in transport.
     assert report["node_stats"]["processed"] == report["answered"] + report["probe_answers"]

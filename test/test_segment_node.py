@@ -327,7 +327,7 @@ def test_burst_answers_newest_with_bounded_latency_and_memory(make_harness):
     stats = harness.node.stats()
     # The newest cloud is answered, last, and only a few clouds are answered at all.
     assert stamps[-1] == 149 and stamps == sorted(stamps)
-    assert 1 <= len(answers) <= 10, stamps
+    assert len(answers) >= 1 and len(answers) <= 10, stamps
     assert stats["received"] - 1 == len(answers) + stats["skipped_stale"], stats
     # Latency in processing slots: between a cloud's publication and its answer the node finishes at most
     # that cloud and the one it was already working on (no queue of stale scans).
