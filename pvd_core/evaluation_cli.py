@@ -37,12 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from pvd_core.evaluation import evaluate_files, sequences_text, split_subset
     from pvd_core.segmenter import Segmenter
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        import torch
+    from pvd_core.device import set_torch_threads
 
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     ckpt_path = Path(args.checkpoint)
     segmenter = Segmenter.from_checkpoint(ckpt_path, device=args.device, fp16=args.fp16, tta=args.tta)
     cfg = segmenter.config

@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from pvd_core.data.semantickitti import DataError
+from pvd_core.data.semantickitti import DataError, read_label_array
 from pvd_core.labels import NUSCENES, LabelMap
 
 PathLike = Union[str, Path]
@@ -50,13 +50,7 @@ def read_points(path: PathLike, intensity_scale: float = INTENSITY_SCALE) -> np.
 
 def read_raw_labels(path: PathLike, num_points: Optional[int] = None) -> np.ndarray:
     """(N,) uint8 raw lidarseg ids (0-31)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: label file not found")
-    raw = np.fromfile(path, dtype=np.uint8)
-    if num_points is not None and raw.size != num_points:
-        raise DataError(f"{path}: {raw.size} labels but the scan has {num_points} points")
-    return raw
+    return read_label_array(path, np.uint8, num_points)
 
 
 def read_labels(path: PathLike, num_points: Optional[int] = None,

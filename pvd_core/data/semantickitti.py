@@ -38,18 +38,25 @@ def read_points(path: PathLike) -> np.ndarray:
     return np.fromfile(path, dtype=np.float32).reshape(-1, 4)
 
 
-def read_raw_labels(path: PathLike, num_points: Optional[int] = None) -> np.ndarray:
-    """(N,) uint32 raw label words (semantic id in the lower 16 bits) from a .label file."""
+def read_label_array(path: PathLike, dtype: type, num_points: Optional[int] = None) -> np.ndarray:
+    """One label per point from a flat binary file, checked against the scan's point count."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: label file not found")
+    itemsize = np.dtype(dtype).itemsize
     size = path.stat().st_size
-    if size % 4:
-        raise DataError(f"{path}: {size} bytes is not a multiple of 4 (one uint32 per point)")
-    raw = np.fromfile(path, dtype=np.uint32)
+    if size % itemsize:
+        raise DataError(f"{path}: {size} bytes is not a multiple of {itemsize} (one "
+                        f"{np.dtype(dtype).name} per point)")
+    raw = np.fromfile(path, dtype=dtype)
     if num_points is not None and raw.size != num_points:
         raise DataError(f"{path}: {raw.size} labels but the scan has {num_points} points")
     return raw
+
+
+def read_raw_labels(path: PathLike, num_points: Optional[int] = None) -> np.ndarray:
+    """(N,) uint32 raw label words (semantic id in the lower 16 bits) from a .label file."""
+    return read_label_array(path, np.uint32, num_points)
 
 
 def read_labels(path: PathLike, num_points: Optional[int] = None,

@@ -37,12 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from pvd_core.training.trainer import TrainOptions, train
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        import torch
+    from pvd_core.device import set_torch_threads
 
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     cfg = load_config(args.config, data_root=args.data_root)
     if args.max_steps is not None:
         if args.max_steps < 1:
