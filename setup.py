@@ -58,7 +58,7 @@ setup(
     entry_points={
         "console_scripts": [
             "pvd = pvd_core.cli:main",
-            "segment_node = pvd_ros.segment_node:main",
+            "segment_node = pvd_ros.segment_node:console_main",
             "pvd_bag = pvd_ros.bag_cli:main",
             "pvd_demo = pvd_ros.demo:main",
         ],
