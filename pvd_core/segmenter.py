@@ -57,6 +57,34 @@ def augment_points(points: np.ndarray, vote: int) -> np.ndarray:
     return points if vote == 0 else transform_points(points, TTA_VOTES[vote])
 
 
+_LOG2E = 1.4426950408889634
+
+
+def top_class(class_major: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, n) logits -> (label in 1..C-1, its softmax probability over all C), per column.
+
+    The same result as ``softmax(z, 0)[1:].max(0)`` (exact, ties to the lower class) in about
+    half the time on the CPU, where torch's index-returning reductions over a leading axis
+    are 30x slower than ``amax``. With ``best`` the max of classes 1..C-1, the shifted logits
+    ``y = z - best`` are exactly +0.0 where ``z == best`` and negative elsewhere, so as int32
+    bit patterns every +0.0 beats every negative value; the class rides in the low bits, and
+    one integer ``amax`` yields the lowest class whose logit equals ``best``. The probability
+    reuses ``y``: ``1 / sum_c 2**(y_c * log2 e)`` (exp2 is about 2x cheaper than exp here).
+    """
+    num_classes = class_major.shape[0]
+    if num_classes < 2:
+        raise ValueError(f"top_class needs at least 2 classes (class 0 is unlabeled), got {num_classes}")
+    z = class_major.float()
+    best = z[1:].amax(dim=0)
+    shifted = torch.sub(z, best)
+    low = (1 << max(1, (num_classes - 2).bit_length())) - 1  # room for the codes of classes 1..C-1
+    codes = torch.arange(low, low - (num_classes - 1), -1, dtype=torch.int32, device=z.device)[:, None]
+    key = torch.bitwise_and(shifted[1:].view(torch.int32), ~low).bitwise_or_(codes)
+    label = low - (key.amax(dim=0) & low) + 1
+    confidence = shifted.mul_(_LOG2E).exp2_().sum(dim=0).reciprocal_()
+    return label.long(), confidence
+
+
 class Segmenter:
     """A loaded model plus its grid and label map; ``segment`` is the per-scan call.
 
@@ -144,20 +172,21 @@ class Segmenter:
                 logits = self.model(batch).point_logits.float()
             self._sync()
         t2 = time.perf_counter()
+        # Class-major (C, n) logits per cloud: the model's inference head yields them without
+        # a copy (point_logits is the transpose view), and every reduction below runs along rows.
         per_cloud_logits: dict[int, torch.Tensor] = {}
         start = 0
         with torch.inference_mode():
             for scan, (i, vote) in zip(scans, owners):
-                rows = logits[start:start + scan.num_points]
+                rows = logits[start:start + scan.num_points].t()
                 start += scan.num_points
                 if self.tta == 1:
                     per_cloud_logits[i] = rows
                     continue
                 if vote == 0:
-                    acc = torch.zeros((len(clouds[i]), self.num_classes), device=logits.device)
-                    per_cloud_logits[i] = acc
+                    per_cloud_logits[i] = torch.zeros((self.num_classes, len(clouds[i])), device=logits.device)
                 idx = torch.from_numpy(np.flatnonzero(scan.kept)).to(logits.device)
-                per_cloud_logits[i].index_add_(0, idx, rows)
+                per_cloud_logits[i].index_add_(1, idx, rows)
             kept0 = {i: s.kept for s, (i, v) in zip(scans, owners) if v == 0}
             for i, pts in enumerate(clouds):
                 labels = np.zeros(len(pts), dtype=np.uint16)
@@ -167,12 +196,15 @@ class Segmenter:
                     z = per_cloud_logits[i]
                     if self.tta > 1:
                         # Votes summed; the identity vote defines which points are inside.
-                        z = z[torch.from_numpy(kept).to(z.device)]
-                    # torch's fused softmax is about 3x cheaper on the CPU than exp/sum by hand;
-                    # the max over classes 1..C-1 gives the label and its probability at once.
-                    conf, label = torch.softmax(z, dim=1)[:, 1:].max(dim=1)
-                    labels[kept] = (label + 1).to(torch.int32).cpu().numpy()
-                    confidence[kept] = conf.cpu().numpy()
+                        z = z[:, torch.from_numpy(kept).to(z.device)]
+                    label, conf = top_class(z)
+                    label_np = label.to(torch.int16).cpu().numpy().view(np.uint16)
+                    conf_np = conf.cpu().numpy()
+                    if kept.all():
+                        labels, confidence = label_np, conf_np
+                    else:
+                        labels[kept] = label_np
+                        confidence[kept] = conf_np
                 results[i] = SegmentationResult(labels=labels, confidence=confidence)
         t3 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}

@@ -87,6 +87,10 @@ class FrameRecord:
     timings: dict[str, float]
     num_points: int
     published_monotonic: float = field(default=0.0)
+    # time.perf_counter() when the subscription callback got the cloud and when the worker
+    # took it (same-process tools split transport from queueing with these)
+    received_perf: float = field(default=0.0)
+    started_perf: float = field(default=0.0)
 
 
 class SegmentNode(Node):
@@ -126,21 +130,24 @@ class SegmentNode(Node):
         except ParameterError as exc:
             raise NodeStartupError(f"segment_node: {exc}") from exc
         self._warn_unknown_parameters()
-        self.segmenter = self._load_segmenter(self.params)
-        self.label_map = self.segmenter.label_map
-        self._rgb_lut = packed_rgb_lut(self.label_map.color_array())
-        if self.params.warmup_points:
-            t0 = time.perf_counter()
-            self.segmenter.warmup(num_points=self.params.warmup_points)
-            self.get_logger().info(f"warm-up on {self.params.warmup_points} points took "
-                                   f"{(time.perf_counter() - t0) * 1e3:.0f} ms")
-
         self._lock = threading.Condition()
-        self._pending: Optional[PointCloud2] = None
+        self._pending: Optional[tuple[PointCloud2, float]] = None  # (message, perf_counter at receipt)
         self._counts: Counter[str] = Counter()
         self._frames: deque[FrameRecord] = deque(maxlen=100)
         self._over_budget_since: Optional[float] = None
         self._legend_frame: Optional[str] = None
+
+        # The worker loads and warms up the model itself (see _run_worker); start-up waits for it
+        # so that a bad checkpoint still fails the constructor with NodeStartupError.
+        self._loaded = threading.Event()
+        self._load_error: Optional[BaseException] = None
+        self._worker = threading.Thread(target=self._run_worker, name="segment_node_worker", daemon=True)
+        self._worker.start()
+        self._loaded.wait()
+        if self._load_error is not None:
+            raise self._load_error
+        self.label_map = self.segmenter.label_map
+        self._rgb_lut = packed_rgb_lut(self.label_map.color_array())
 
         self._cloud_pub = self.create_publisher(PointCloud2, OUTPUT_TOPIC, self.params.output_qos())
         self._time_pub = self.create_publisher(Float64, "~/debug/processing_time_ms", self.params.output_qos())
@@ -154,8 +161,6 @@ class SegmentNode(Node):
         self._sub = self.create_subscription(PointCloud2, INPUT_TOPIC, self._on_cloud, self.params.input_qos())
         self._diag_timer = self.create_timer(self.params.diagnostics_period_s, self._publish_diagnostics)
 
-        self._worker = threading.Thread(target=self._work, name="segment_node_worker", daemon=True)
-        self._worker.start()
         self._ready = True
         self._ready_pub.publish(Bool(data=True))
         self.get_logger().info(
@@ -257,10 +262,12 @@ class SegmentNode(Node):
     def _select_points(self, points: np.ndarray) -> Optional[np.ndarray]:
         """Indices of points to send to the network, or None for all of them (no copy)."""
         # The Segmenter labels NaN/Inf rows 0 itself; they are filtered here only when a subset is sent anyway.
+        p = self.params
+        if p.min_range <= 0.0 and p.max_range <= 0.0 and (not p.max_points or points.shape[0] <= p.max_points):
+            return None
         xyz = points[:, :3]
         # isfinite(...).all(axis=1) reduces over a length-4 axis slowly; the 4 flags of a row are one uint32.
         valid = np.isfinite(points).view(np.uint32).reshape(-1) == np.uint32(0x01010101)
-        p = self.params
         if p.min_range > 0.0 or p.max_range > 0.0:
             with np.errstate(invalid="ignore"):
                 r2 = np.einsum("ij,ij->i", xyz, xyz)
@@ -277,6 +284,7 @@ class SegmentNode(Node):
         return index
 
     def _on_cloud(self, msg: PointCloud2) -> None:
+        received = time.perf_counter()
         with self._lock:
             self._counts["received"] += 1
         try:
@@ -287,7 +295,7 @@ class SegmentNode(Node):
         with self._lock:
             if self._pending is not None:
                 self._counts["skipped_stale"] += 1
-            self._pending = msg
+            self._pending = (msg, received)
             self._lock.notify()
 
     def _count_drop(self, exc: CloudError) -> None:
@@ -301,6 +309,29 @@ class SegmentNode(Node):
     def _has_subscribers(self) -> bool:
         return any(pub.get_subscription_count() > 0 for pub in (self._cloud_pub, self._time_pub, self._latency_pub))
 
+    def _run_worker(self) -> None:
+        """The node's one torch thread: load and warm up the model, then process clouds.
+
+        Why one thread: torch runs CPU ops on an OpenMP team per calling thread, and a second
+        team (say the main thread's, left over from loading the model there) makes libgomp
+        throttle its spin-waits as soon as the teams' threads outnumber the cores. Every small
+        op then pays a futex wake-up: the voxelizer of a 123 k-point scan went from 6 to 11 ms
+        on a 2-core machine. Nothing else in the node touches torch.
+        """
+        try:
+            self.segmenter = self._load_segmenter(self.params)
+            if self.params.warmup_points:
+                t0 = time.perf_counter()
+                self.segmenter.warmup(num_points=self.params.warmup_points)
+                self.get_logger().info(f"warm-up on {self.params.warmup_points} points took "
+                                       f"{(time.perf_counter() - t0) * 1e3:.0f} ms")
+        except BaseException as exc:  # handed to the constructor, which raises it
+            self._load_error = exc
+            return
+        finally:
+            self._loaded.set()
+        self._work()
+
     def _work(self) -> None:
         while True:
             with self._lock:
@@ -308,7 +339,8 @@ class SegmentNode(Node):
                     self._lock.wait(timeout=0.5)
                 if self._stop:
                     return
-                msg, self._pending = self._pending, None
+                (msg, received), self._pending = self._pending, None
+            started = time.perf_counter()
             if not self._has_subscribers():
                 with self._lock:
                     self._counts["skipped_no_subscriber"] += 1
@@ -326,9 +358,9 @@ class SegmentNode(Node):
                 continue
             if self._stop:
                 return
-            self._publish(msg, result)
+            self._publish(msg, result, received, started)
 
-    def _publish(self, msg: PointCloud2, result: FrameResult) -> None:
+    def _publish(self, msg: PointCloud2, result: FrameResult, received: float = 0.0, started: float = 0.0) -> None:
         if self._legend_pub is not None and not self.params.legend_frame_id \
                 and msg.header.frame_id != self._legend_frame:
             self._publish_legend(msg.header.frame_id)
@@ -336,7 +368,8 @@ class SegmentNode(Node):
         now_mono = time.monotonic()
         with self._lock:  # state first, so whoever receives the cloud sees the diagnostics it caused
             self._counts["processed"] += 1
-            self._frames.append(FrameRecord(stamp.nanoseconds, result.timings, result.num_points, now_mono))
+            self._frames.append(FrameRecord(stamp.nanoseconds, result.timings, result.num_points, now_mono,
+                                            received, started))
             if result.timings["total"] > self.params.processing_budget_ms:
                 if self._over_budget_since is None:
                     self._over_budget_since = now_mono

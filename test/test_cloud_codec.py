@@ -193,10 +193,15 @@ def test_valid_message_passes_layout_check():
     assert decode_points(_valid_msg()).points.shape == (8, 4)
 
 
-def test_encode_fields_values_and_rgb_packing():
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_encode_fields_values_and_rgb_packing(layout):
+    """Both copy paths: contiguous float32 (N, 4) points, and a strided slice of wider rows."""
     colors = np.array([[0, 0, 0], [255, 0, 0], [0, 128, 255], [1, 2, 3]], np.uint8)
     lut = packed_rgb_lut(colors)
     pts = random_xyzi(12)
+    if layout == "strided":
+        pts = np.concatenate([pts, np.full((12, 2), 9.0, np.float32)], axis=1)[:, :4]
+        assert not pts.flags.c_contiguous
     labels = (np.arange(12) % 4).astype(np.uint16)
     conf = np.linspace(0, 1, 12, dtype=np.float32)
     header = Header(frame_id="velodyne")
@@ -222,6 +227,8 @@ def test_encode_fields_values_and_rgb_packing():
         | colors[labels, 2]
     np.testing.assert_array_equal(rgb_bits, expected)
     assert rgb_bits[2] == 0x000080FF
+    padding = np.frombuffer(msg.data, np.uint8).reshape(12, OUTPUT_POINT_STEP)[:, 26:]
+    assert not padding.any()  # no stale memory leaves the node
 
 
 def test_encode_rejects_length_mismatch():

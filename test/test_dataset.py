@@ -236,3 +236,23 @@ def test_class_point_counts(kitti_root: Path, real_label_path: Path, nuscenes_ro
         load_class_counts(path, NUSCENES)
     with pytest.raises(sk.DataError, match="no label file"):
         class_point_counts([(Path("a.bin"), None)], SEMANTIC_KITTI, progress=False)
+
+
+def test_single_scan_batch_equals_the_first_scan_of_a_general_batch(kitti_root: Path) -> None:
+    """collate_scans' copy-free one-scan path must build the batch the concatenating path does."""
+    from pvd_core.data.batch import collate_scans
+
+    cfg = make_cfg(kitti_root)
+    dataset = ScanDataset(cfg, "train", augment=False)
+    first, second = dataset[0], dataset[1]
+    alone = collate_scans([first], cfg.grid.size)
+    pair = collate_scans([first, second], cfg.grid.size)
+    n, v = first.num_points, first.num_voxels
+    assert alone.batch_size == 1 and alone.spatial_shape == pair.spatial_shape
+    torch.testing.assert_close(alone.point_features, pair.point_features[:n], rtol=0, atol=0)
+    torch.testing.assert_close(alone.point_batch, pair.point_batch[:n])
+    torch.testing.assert_close(alone.point_to_voxel, pair.point_to_voxel[:n])
+    torch.testing.assert_close(alone.voxel_coords, pair.voxel_coords[:v])
+    torch.testing.assert_close(alone.point_labels, pair.point_labels[:n])
+    torch.testing.assert_close(alone.voxel_labels, pair.voxel_labels[:v])
+    assert alone.point_to_voxel.dtype == torch.int64 and alone.voxel_coords.dtype == torch.int32

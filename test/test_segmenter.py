@@ -8,11 +8,12 @@ import torch
 from pvd_core.checkpoint import save_checkpoint
 from pvd_core.cli import main as pvd_main
 from pvd_core.config import config_from_dict
+from pvd_core.data.batch import collate_scans
 from pvd_core.data.semantickitti import read_points, read_raw_labels
 from pvd_core.device import resolve_device
 from pvd_core.labels import SEMANTIC_KITTI
 from pvd_core.models.cylinder3d import build_model
-from pvd_core.segmenter import MAX_TTA, Segmenter, SegmentationResult
+from pvd_core.segmenter import MAX_TTA, Segmenter, SegmentationResult, top_class
 
 GRID = {"size": [32, 32, 8]}
 
@@ -191,3 +192,61 @@ def test_pvd_predict_writes_semantickitti_labels(model, tmp_path, real_scan_path
     missing = pvd_main(["predict", "--checkpoint", str(tmp_path / "nope.pt"), "--scan", str(scan),
                         "--out", str(tmp_path / "x.label")])
     assert missing == 1 and "nope.pt" in capsys.readouterr().err
+
+
+def reference_top_class(class_major: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The definition: softmax over all classes, then the best of classes 1..C-1 (first on ties)."""
+    z = class_major.double()
+    prob = torch.softmax(z, dim=0)
+    label = torch.tensor([int(np.argmax(column)) + 1 for column in z[1:].t().numpy()])
+    return label, prob.gather(0, label[None])[0].float()
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 17, 20, 33])
+def test_top_class_matches_softmax_argmax_including_ties_and_near_ties(num_classes):
+    g = torch.Generator().manual_seed(num_classes)
+    z = torch.randn(num_classes, 3000, generator=g) * 6 - 2  # many negative logits
+    n = z.shape[1]
+    z[:, :50] = -1e30  # huge negative logits everywhere
+    if num_classes > 2:
+        z[1:3, 100:200] = 40.25  # exact ties (above every random logit): the lower class wins
+        # near-ties closer than the packed key's resolution (2**-18 relative): exact fix-up path
+        z[2, 300:400] = 70.0
+        z[1, 300:400] = torch.nextafter(torch.tensor(70.0), torch.tensor(0.0))
+        z[1, 400:500] = 70.0
+        z[num_classes - 1, 400:500] = torch.nextafter(torch.tensor(70.0), torch.tensor(80.0))
+    z[0, 600:700] = 800.0  # class 0 dominates: tiny probabilities
+    label, conf = top_class(z)
+    ref_label, ref_conf = reference_top_class(z)
+    assert label.shape == (n,) and conf.dtype == torch.float32
+    assert torch.equal(label, ref_label)
+    torch.testing.assert_close(conf, ref_conf, rtol=2e-6, atol=1e-30)
+    if num_classes > 2:
+        assert (label[100:200] == 1).all() and (label[300:400] == 2).all()
+        assert (label[400:500] == num_classes - 1).all()
+
+
+def test_segmenter_output_is_the_models_softmax(seg, model):
+    """Labels and confidences against the model's logits run by hand, without Segmenter code."""
+    pts = cloud(2500, seed=11)
+    res = seg.segment(pts)
+    batch = collate_scans([seg.voxelizer(pts)], tiny_config().grid.size)
+    with torch.inference_mode():
+        logits = model(batch).point_logits
+    prob = torch.softmax(logits.double(), dim=1)
+    conf, label = prob[:, 1:].max(dim=1)
+    np.testing.assert_array_equal(res.labels, (label + 1).numpy())
+    np.testing.assert_allclose(res.confidence, conf.numpy(), rtol=1e-5)
+
+
+def test_inference_head_is_class_major_and_equals_the_training_head(model):
+    """The eval-mode point head returns the transpose view of (C, N) logits, same values."""
+    pts = cloud(900, seed=12)
+    batch = collate_scans([Segmenter(model, tiny_config(), SEMANTIC_KITTI, device="cpu").voxelizer(pts)],
+                          tiny_config().grid.size)
+    with torch.no_grad():
+        out = model(batch)
+        linear = model.point_head.classifier(out.point_features)
+    assert out.point_logits.shape == linear.shape
+    assert out.point_logits.t().is_contiguous()
+    torch.testing.assert_close(out.point_logits, linear, rtol=1e-5, atol=1e-5)

@@ -46,6 +46,8 @@ def collate_scans(scans: Sequence[VoxelizedScan], spatial_shape: Sequence[int]) 
     """Concatenate voxelized scans into one Batch (labels kept only if every scan has them)."""
     if not scans:
         raise ValueError("collate_scans needs at least one scan")
+    if len(scans) == 1:
+        return _single_scan_batch(scans[0], spatial_shape)
     voxel_offsets = np.cumsum([0] + [s.num_voxels for s in scans[:-1]])
     coords = np.concatenate([
         np.concatenate([np.full((s.num_voxels, 1), b, np.int32), s.voxel_coords], axis=1)
@@ -63,4 +65,25 @@ def collate_scans(scans: Sequence[VoxelizedScan], spatial_shape: Sequence[int]) 
         spatial_shape=[int(s) for s in spatial_shape],
         point_labels=torch.from_numpy(np.concatenate([s.point_labels for s in scans])) if labelled else None,
         voxel_labels=torch.from_numpy(np.concatenate([s.voxel_labels for s in scans])) if labelled else None,
+    )
+
+
+def _single_scan_batch(scan: VoxelizedScan, spatial_shape: Sequence[int]) -> Batch:
+    """The one-scan Batch without concatenation copies (the ROS node's per-scan path).
+
+    The tensors share memory with the scan's arrays, as ``torch.from_numpy`` does.
+    """
+    coords = np.empty((scan.num_voxels, 4), dtype=np.int32)
+    coords[:, 0] = 0
+    coords[:, 1:] = scan.voxel_coords
+    labelled = scan.point_labels is not None
+    return Batch(
+        point_features=torch.from_numpy(scan.point_features),
+        point_batch=torch.zeros(scan.num_points, dtype=torch.int64),
+        point_to_voxel=torch.from_numpy(scan.point_to_voxel.astype(np.int64, copy=False)),
+        voxel_coords=torch.from_numpy(coords),
+        batch_size=1,
+        spatial_shape=[int(s) for s in spatial_shape],
+        point_labels=torch.from_numpy(scan.point_labels) if labelled else None,
+        voxel_labels=torch.from_numpy(scan.voxel_labels) if labelled else None,
     )

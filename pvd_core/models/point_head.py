@@ -59,4 +59,10 @@ class PointHead(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (logits, penultimate features)."""
         features = self.hidden(x)
-        return self.classifier(features), features
+        if self.training:
+            return self.classifier(features), features
+        # Inference computes the logits class-major, (C, N), and returns their (N, C) transpose
+        # view: the per-point reductions over classes that follow (Segmenter) then run along
+        # contiguous rows, several times faster on the CPU than across the classes of a row.
+        logits = torch.addmm(self.classifier.bias[:, None], self.classifier.weight, features.t())
+        return logits.t(), features
