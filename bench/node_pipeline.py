@@ -4,13 +4,15 @@ A tester node publishes the real 123 389-point SemanticKITTI scan to the node (b
 effort, as a driver would) and subscribes to the labelled cloud (reliable, as RViz
 would). Per frame it records the node's stage times (decode, preprocess, inference,
 postprocess, encode) and the end-to-end latency from just before ``publish`` to the
-labelled cloud's arrival. The goal (issue "Benchmark"): everything except the network
-forward under 10 % of end-to-end and under 15 ms.
+labelled cloud's arrival, split into input delivery (publish to the node's callback),
+queue (callback to the worker thread) and output delivery (the output's publish and its
+arrival in the tester's callback). The goal (issue "Benchmark"): everything except the
+network forward under 10 % of end-to-end and under 15 ms.
 
 Without --checkpoint a student-width model (init_size 16, grid 480x360x32) with random
 weights is written to a temporary file: stage times do not depend on the weights.
 
-    python bench/node_pipeline.py --frames 5 --output bench/results/node_pipeline.json
+    python bench/node_pipeline.py --frames 10 --output bench/results/node_pipeline.json
 """
 from __future__ import annotations
 
@@ -98,6 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"--scan: no such file {args.scan}")
     points = np.fromfile(args.scan, dtype=np.float32).reshape(-1, 4)
 
+    load_at_start = os.getloadavg()
     os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 200))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     tmp = tempfile.TemporaryDirectory(prefix="pvd_bench_")
@@ -192,7 +195,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "device": str(node.segmenter.device), "point_cloud2_library": POINT_CLOUD2_LIBRARY,
-                    "note": "2-core machine shared with other jobs while this ran" if os.cpu_count() <= 2 else ""},
+                    "load_average_at_start": [round(x, 2) for x in load_at_start],
+                    "note": "timings on this virtual machine drift by about 1 ms between runs; "
+                            "compare medians of several frames"},
         "model": {"checkpoint": str(args.checkpoint) if args.checkpoint else "random weights, written by the bench",
                   "init_size": ckpt.config.model.init_size, "grid": ckpt.config.grid.size},
         "scan": {"path": str(args.scan), "points": int(points.shape[0]),

@@ -67,9 +67,11 @@ def top_class(class_major: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     half the time on the CPU, where torch's index-returning reductions over a leading axis
     are 30x slower than ``amax``. With ``best`` the max of classes 1..C-1, the shifted logits
     ``y = z - best`` are exactly +0.0 where ``z == best`` and negative elsewhere, so as int32
-    bit patterns every +0.0 beats every negative value; the class rides in the low bits, and
-    one integer ``amax`` yields the lowest class whose logit equals ``best``. The probability
-    reuses ``y``: ``1 / sum_c 2**(y_c * log2 e)`` (exp2 is about 2x cheaper than exp here).
+    bit patterns OR-ed with a per-class code, every +0.0 entry becomes its code (>= 0) and
+    every other entry stays negative: one integer ``amax`` yields the code of the lowest class
+    whose logit equals ``best``. The probability reuses ``y``: ``1 / sum_c 2**(y_c * log2 e)``
+    (exp2 is about 2x cheaper than exp here). NaN logits (a broken model) give NaN
+    confidences and some valid label, never an out-of-range one.
     """
     num_classes = class_major.shape[0]
     if num_classes < 2:
@@ -77,10 +79,10 @@ def top_class(class_major: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     z = class_major.float()
     best = z[1:].amax(dim=0)
     shifted = torch.sub(z, best)
-    low = (1 << max(1, (num_classes - 2).bit_length())) - 1  # room for the codes of classes 1..C-1
+    low = (1 << max(1, (num_classes - 2).bit_length())) - 1  # codes low, low-1, ... for classes 1, 2, ...
     codes = torch.arange(low, low - (num_classes - 1), -1, dtype=torch.int32, device=z.device)[:, None]
-    key = torch.bitwise_and(shifted[1:].view(torch.int32), ~low).bitwise_or_(codes)
-    label = low - (key.amax(dim=0) & low) + 1
+    key = torch.bitwise_or(shifted[1:].view(torch.int32), codes)
+    label = (low + 1 - (key.amax(dim=0) & low)).clamp_(1, num_classes - 1)
     confidence = shifted.mul_(_LOG2E).exp2_().sum(dim=0).reciprocal_()
     return label.long(), confidence
 

@@ -250,3 +250,16 @@ def test_inference_head_is_class_major_and_equals_the_training_head(model):
     assert out.point_logits.shape == linear.shape
     assert out.point_logits.t().is_contiguous()
     torch.testing.assert_close(out.point_logits, linear, rtol=1e-5, atol=1e-5)
+
+
+def test_top_class_keeps_labels_in_range_for_nan_and_infinite_logits():
+    z = torch.randn(20, 6)
+    z[:, 0] = float("nan")
+    z[3, 1] = float("nan")
+    z[1:, 2] = float("-inf")
+    z[5, 3] = float("inf")
+    label, conf = top_class(z)
+    assert ((label >= 1) & (label <= 19)).all()
+    assert torch.isnan(conf[0]) and torch.isnan(conf[1])
+    assert label[3] == 5
+    assert torch.isfinite(conf[4:]).all()
