@@ -22,7 +22,8 @@ Topics (private names; remap them in the launch file):
 Newest-scan-only policy: the subscription callback only validates the message layout
 (O(1), malformed clouds are counted and dropped right there) and puts the message in a
 one-slot mailbox; a worker thread takes the newest message from the mailbox and
-processes it. A message still in the mailbox when a newer one arrives is replaced and
+processes it. That worker is the node's only torch thread: it also loads and warms up the
+model, while the constructor waits for it (see ``_run_worker`` for why). A message still in the mailbox when a newer one arrives is replaced and
 counted as ``skipped_stale``. So the node never queues more than one unprocessed scan,
 whatever the executor, and the answer latency is at most about two processing times.
 
