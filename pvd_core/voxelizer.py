@@ -55,7 +55,7 @@ class CylindricalVoxelizer:
     vectorised, and with in-place steps so a scan allocates few large buffers); cells are
     computed in float64 like upstream's numpy code, so border cases land in the same voxel as
     there. Occupied voxels are found with a sort plus a per-thread dense lookup table (about
-    5x faster than ``np.unique`` with inverse).
+    3x faster than ``np.unique`` with inverse).
     """
 
     def __init__(self, grid: GridConfig):
@@ -183,7 +183,7 @@ class CylindricalVoxelizer:
         return uniq, lut[linear]
 
     def _cells_from_linear(self, linear: np.ndarray) -> np.ndarray:
-        # Division in float64 is exact here (integers below 2**31) and vectorises, unlike
+        # Division in float64 is exact here (integers far below 2**53) and vectorises, unlike
         # numpy's integer division.
         rest = torch.from_numpy(linear).double()
         cells = torch.empty((len(linear), 3), dtype=torch.float64)
