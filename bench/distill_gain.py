@@ -20,6 +20,9 @@ Resumable: a variant whose result JSON exists in OUT/results is skipped, and a v
 whose run directory holds last.pt continues with --resume.
 
     python bench/distill_gain.py --out /tmp/distill_gain [--steps 240] [--jobs 2]
+
+Another student seed against the same teacher: copy OUT/runs/teacher and OUT/results/teacher.json
+into a new work folder (or reuse OUT's data with a symlink) and add ``--seed N``.
 """
 from __future__ import annotations
 
@@ -83,10 +86,13 @@ def make_data(data: Path, scans: int, val_scans: int, columns: int, log: Path) -
             "train_seed": 1, "val_seed": 2}
 
 
-def variant_config(out: Path, name: str, base: Path, distill: Optional[dict[str, Any]]) -> Path:
+def variant_config(out: Path, name: str, base: Path, distill: Optional[dict[str, Any]],
+                   seed: Optional[int] = None) -> Path:
     data = yaml.safe_load(base.read_text())
     if distill:
         data["distill"].update(distill)
+    if seed is not None:
+        data["train"]["seed"] = seed
     path = out / "configs" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -142,6 +148,7 @@ def summarise(results: dict[str, dict], args, data_info, commands: list[str], st
               variants: list[str]) -> dict[str, Any]:
     """The results document; ``commands`` are every invocation that produced a part of it."""
     doc: dict[str, Any] = {"command": commands[0], "commands": commands, "steps": args.steps, "teacher_steps": args.teacher_steps,
+                           "student_seed": 0 if args.seed is None else args.seed,
                            "data": data_info,
                            # summed over variants (they ran --jobs at a time, one torch thread each)
                            "wall_s": round(sum(r.get("session_wall_s") or 0 for r in results.values()), 1),
@@ -168,7 +175,8 @@ def summarise(results: dict[str, dict], args, data_info, commands: list[str], st
 def write_markdown(doc: dict[str, Any], path: Path) -> None:
     lines = ["# Distillation benchmark (synthetic data, CPU)", "",
              "Commands: " + "; then ".join(f"`{c}`" for c in doc["commands"]), "",
-             f"{doc['steps']} steps per student ({doc['teacher_steps']} for the teacher), batch 2, seed 0; data: `pvd synth` vlp16 "
+             f"{doc['steps']} steps per student ({doc['teacher_steps']} for the teacher), batch 2, student seed "
+             f"{doc.get('student_seed', 0)} (teacher seed 0); data: `pvd synth` vlp16 "
              f"({doc['data']['columns']} columns), train sequences {', '.join(doc['data']['train_sequences'])} "
              f"({doc['data']['train_scans_per_sequence']} scans each, seed 1), validation sequence "
              f"{doc['data']['val_sequence']} ({doc['data']['val_scans']} scans, seed 2, another town). "
@@ -211,6 +219,9 @@ def main() -> int:
     ap.add_argument("--extra", nargs="*", default=[],
                     help="extra distill variants NAME:key=value[,key=value] (e.g. T2:temperature=2.0)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where distill_gain.json/.md go")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="train.seed of every student (init, data order, augmentation; default: the configs' 0). "
+                         "The teacher keeps its config's seed, so one teacher serves every student seed")
     args = ap.parse_args()
     command = "python " + shlex.join(["bench/distill_gain.py"] + sys.argv[1:])
     started = time.time()
@@ -263,7 +274,7 @@ def main() -> int:
 
     def job(name: str, teacher_future=None) -> None:
         base, over, distill = variants[name]
-        cfg = variant_config(out, name, base, over if distill else None)
+        cfg = variant_config(out, name, base, over if distill else None, None if name == "teacher" else args.seed)
         teacher = None
         if distill:
             teacher_future.result()
