@@ -332,6 +332,8 @@ def test_burst_answers_newest_with_bounded_latency_and_memory(make_harness):
     # Latency in processing slots: between a cloud's publication and its answer the node finishes at most
     # that cloud and the one it was already working on (no queue of stale scans).
     frames = [f for f in harness.node.recent_frames() if f.stamp_ns >= 100 * 10**9]
+    # Receipt and pick-up times (what bench/node_pipeline.py splits transport with) are in order.
+    assert all(0 < f.received_perf <= f.started_perf for f in frames), frames
     for received_at, h in answers:
         sent_at = publish_times[h.stamp.sec]
         finished_between = [f for f in frames if sent_at < f.published_monotonic <= received_at]
