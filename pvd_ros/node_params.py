@@ -30,6 +30,7 @@ class NodeParams:
     checkpoint: str = ""
     device: str = "auto"
     fp16: bool = False
+    num_threads: int = 0
     max_points: int = 0
     min_range: float = 0.0
     max_range: float = 0.0
@@ -54,6 +55,8 @@ class NodeParams:
         for name in ("max_points", "warmup_points"):
             if getattr(self, name) < 0:
                 raise ParameterError(f"parameter '{name}' must be >= 0 (0 = no limit), got {getattr(self, name)}")
+        if self.num_threads < 0:
+            raise ParameterError(f"parameter 'num_threads' must be >= 0 (0 = one per core), got {self.num_threads}")
         for name in ("min_range", "max_range"):
             if getattr(self, name) < 0:
                 raise ParameterError(f"parameter '{name}' must be >= 0 metres, got {getattr(self, name)}")
@@ -86,6 +89,8 @@ _DESCRIPTIONS: dict[str, str] = {
     "checkpoint": "Path of the student checkpoint (.pt) to run; required.",
     "device": "auto (CUDA when available, else CPU), cpu or cuda.",
     "fp16": "Half-precision inference (CUDA only; ignored on CPU by the Segmenter).",
+    "num_threads": "CPU threads for inference (torch intra-op); 0 = torch's default, one per core. "
+                   "Lower it to leave cores to other nodes on the robot.",
     "max_points": "Most points sent to the network per cloud (0 = all); the rest, chosen by a "
                   "uniform stride, get label 0 and confidence 0.",
     "min_range": "Points closer than this (metres, 3D distance to the sensor origin) get label 0.",

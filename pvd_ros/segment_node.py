@@ -165,7 +165,8 @@ class SegmentNode(Node):
         self._ready = True
         self._ready_pub.publish(Bool(data=True))
         self.get_logger().info(
-            f"segment_node ready: {self.params.checkpoint} on {self.segmenter.device}, "
+            f"segment_node ready: {self.params.checkpoint} on {self.segmenter.device} "
+            f"({self.torch_threads} CPU threads), "
             f"{self.label_map.num_classes} classes; {self._sub.topic_name} -> {self._cloud_pub.topic_name}")
 
     def _warn_unknown_parameters(self) -> None:
@@ -320,6 +321,7 @@ class SegmentNode(Node):
         on a 2-core machine. Nothing else in the node touches torch.
         """
         try:
+            self.torch_threads = self._set_threads(self.params.num_threads)
             self.segmenter = self._load_segmenter(self.params)
             if self.params.warmup_points:
                 t0 = time.perf_counter()
@@ -332,6 +334,19 @@ class SegmentNode(Node):
         finally:
             self._loaded.set()
         self._work()
+
+    @staticmethod
+    def _set_threads(num_threads: int) -> int:
+        """Apply ``num_threads`` (0: torch's default) and return the count in effect.
+
+        Called on the worker like every other torch call of the node (torch applies the count
+        process-wide, lazily per thread).
+        """
+        import torch
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        return torch.get_num_threads()
 
     def _work(self) -> None:
         while True:
@@ -414,6 +429,7 @@ class SegmentNode(Node):
             if frames:
                 values[f"mean_{stage}_ms"] = f"{np.mean([f.timings[stage] for f in frames]):.2f}"
         values["checkpoint"] = self.params.checkpoint
+        values["cpu_threads"] = str(self.torch_threads)
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         return status
 

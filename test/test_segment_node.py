@@ -475,6 +475,16 @@ def test_legend_ready_timing_topics_and_diagnostics(make_harness):
     assert (out["label"] == 0).all() and (out["confidence"] > 0).all()
 
 
+def test_num_threads_parameter_sets_torch_threads(make_harness):
+    """The parameter reaches torch (and the diagnostics report it)."""
+    one = make_harness(node_name="segment_node_one_thread", num_threads=1)
+    assert one.node.torch_threads == 1
+    values = {kv.key: kv.value for kv in one.node.diagnostic_status().values}
+    assert values["cpu_threads"] == "1"
+    one.subscribe_output()
+    assert one.publish_and_wait(make_cloud(header(11), synthetic_points(400))) is not None
+
+
 @pytest.mark.parametrize("overrides, names", [
     ({"checkpoint": "/nonexistent/student.pt"}, "checkpoint"),
     ({"checkpoint": ""}, "checkpoint"),
@@ -485,6 +495,7 @@ def test_legend_ready_timing_topics_and_diagnostics(make_harness):
     ({"input_reliability": "sometimes"}, "input_reliability"),
     ({"max_range": 5.0, "min_range": 10.0}, "max_range"),
     ({"max_points": "many"}, "max_points"),
+    ({"num_threads": -2}, "num_threads"),
 ])
 def test_bad_parameters_stop_the_node_naming_them(ros_context, tiny_checkpoint, overrides, names):
     params = {"checkpoint": str(tiny_checkpoint), "device": "cpu", "warmup_points": 0, **overrides}
