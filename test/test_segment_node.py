@@ -477,12 +477,18 @@ def test_legend_ready_timing_topics_and_diagnostics(make_harness):
 
 def test_num_threads_parameter_sets_torch_threads(make_harness):
     """The parameter reaches torch (and the diagnostics report it)."""
-    one = make_harness(node_name="segment_node_one_thread", num_threads=1)
-    assert one.node.torch_threads == 1
-    values = {kv.key: kv.value for kv in one.node.diagnostic_status().values}
-    assert values["cpu_threads"] == "1"
-    one.subscribe_output()
-    assert one.publish_and_wait(make_cloud(header(11), synthetic_points(400))) is not None
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        one = make_harness(node_name="segment_node_one_thread", num_threads=1)
+        assert one.node.torch_threads == 1
+        values = {kv.key: kv.value for kv in one.node.diagnostic_status().values}
+        assert values["cpu_threads"] == "1"
+        one.subscribe_output()
+        assert one.publish_and_wait(make_cloud(header(11), synthetic_points(400))) is not None
+    finally:
+        torch.set_num_threads(before)  # the count is process-wide: leave other tests theirs
 
 
 @pytest.mark.parametrize("overrides, names", [
