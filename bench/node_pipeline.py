@@ -86,7 +86,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import rclpy
     import torch
     from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import PointCloud2
@@ -95,6 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from pvd_core.checkpoint import load_checkpoint
     from pvd_ros.cloud_codec import OUTPUT_POINT_STEP, POINT_CLOUD2_LIBRARY, make_cloud
     from pvd_ros.segment_node import SegmentNode
+    from rclpy_harness import spin_in_background, wait_until
 
     if not args.scan.is_file():
         raise SystemExit(f"--scan: no such file {args.scan}")
@@ -138,15 +138,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
     tester.create_subscription(PointCloud2, node.output_topic, on_answer, reliable)
     pub = tester.create_publisher(PointCloud2, node.input_topic, qos_profile_sensor_data)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    executor.add_node(tester)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    deadline = time.monotonic() + 10
-    while (pub.get_subscription_count() == 0 or node.count_subscribers(node.output_topic) == 0) \
-            and time.monotonic() < deadline:
-        time.sleep(0.01)
+    executor, spinner = spin_in_background(context, node, tester)
+    wait_until(lambda: pub.get_subscription_count() > 0 and node.count_subscribers(node.output_topic) > 0)
 
     frames = []
     try:

@@ -55,6 +55,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Bool, Float64
 from visualization_msgs.msg import MarkerArray
 
+from pvd_core.memory import retain_freed_memory
 from pvd_ros.cloud_codec import CloudError, check_layout, decode_points, encode_labelled, packed_rgb_lut
 from pvd_ros.legend import LEGEND_QOS, legend_markers
 from pvd_ros.node_params import NodeParams, ParameterError, declare_parameters
@@ -131,6 +132,8 @@ class SegmentNode(Node):
         except ParameterError as exc:
             raise NodeStartupError(f"segment_node: {exc}") from exc
         self._warn_unknown_parameters()
+        if self.params.retain_freed_memory and not retain_freed_memory():
+            self.get_logger().info("retain_freed_memory: not glibc, allocator left as it is")
         self._lock = threading.Condition()
         self._pending: Optional[tuple[PointCloud2, float]] = None  # (message, perf_counter at receipt)
         self._counts: Counter[str] = Counter()
