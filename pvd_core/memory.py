@@ -6,7 +6,7 @@ threshold to the kernel. A segmentation node allocates and frees buffers of seve
 megabytes per scan (message conversions in rclpy and the DDS layer, the network's
 activations), so it page-faults them in again on every scan. On the virtual machines here
 one fault costs microseconds: a 2 MB cloud in plus a 3.5 MB labelled cloud out through rclpy
-took 12.8 ms in an echo test with the defaults and 3.9 ms with the thresholds below.
+took 13.9 ms with the defaults and 3.7 ms with the thresholds below (bench/transport.py).
 
 The price is resident memory: freed blocks stay with the process for reuse, so RSS stays at
 its per-scan peak instead of falling back between scans (a node reaches that peak every

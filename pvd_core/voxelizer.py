@@ -64,15 +64,12 @@ class CylindricalVoxelizer:
         self.min_bound = np.asarray(grid.min_bound, dtype=np.float64)
         self.max_bound = np.asarray(grid.max_bound, dtype=np.float64)
         self.interval = (self.max_bound - self.min_bound) / (self.size - 1)
-        self._lo = torch.from_numpy(self.min_bound)
-        self._hi = torch.from_numpy(self.max_bound)
-        self._interval = torch.from_numpy(self.interval)
-        self._top = torch.from_numpy(self.size - 1)
-        # The same bounds as (3, 1) columns for the (3, N) channel-major hot path.
-        self._lo_col, self._hi_col = self._lo[:, None], self._hi[:, None]
+        # Bounds as (3, 1) columns for the channel-major (3, N) maths of __call__.
+        self._lo_col = torch.from_numpy(self.min_bound)[:, None]
+        self._hi_col = torch.from_numpy(self.max_bound)[:, None]
         self._lo32, self._hi32 = self._lo_col.float(), self._hi_col.float()
-        self._interval_col = self._interval[:, None]
-        self._top_col = self._top.double()[:, None]
+        self._interval_col = torch.from_numpy(self.interval)[:, None]
+        self._top_col = torch.from_numpy((self.size - 1).astype(np.float64))[:, None]
         self._strides = torch.tensor([[float(self.size[1] * self.size[2]), float(self.size[2]), 1.0]],
                                      dtype=torch.float64)
         self._linear_dtype = torch.int32 if int(np.prod(self.size)) < 2**31 else torch.int64
@@ -88,37 +85,6 @@ class CylindricalVoxelizer:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._local = threading.local()
-
-    def polar(self, xyz: np.ndarray) -> np.ndarray:
-        """(N, 3) cartesian -> (N, 3) float32 (rho, phi, z)."""
-        t = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32))
-        return self._polar(t).numpy()
-
-    @staticmethod
-    def _polar(xyz: torch.Tensor) -> torch.Tensor:
-        x, y = xyz[:, 0], xyz[:, 1]
-        return torch.stack([torch.hypot(x, y), torch.atan2(y, x), xyz[:, 2]], dim=1)
-
-    def in_volume(self, pol: np.ndarray) -> np.ndarray:
-        # Bounds rounded to the points' precision: float32 atan2 returns float32(pi) > math.pi
-        # for points straight behind the sensor, which must count as inside [-pi, pi].
-        pol = np.asarray(pol)
-        return np.all((pol >= self.min_bound.astype(pol.dtype)) & (pol <= self.max_bound.astype(pol.dtype)), axis=1)
-
-    def cell_of(self, pol: np.ndarray) -> np.ndarray:
-        """Grid cell (int64) of polar points, clipped to the volume (upstream rule)."""
-        return self._cells(torch.from_numpy(np.asarray(pol)).double()).numpy()
-
-    def _cells(self, pol64: torch.Tensor) -> torch.Tensor:
-        cells = torch.floor((torch.clamp(pol64, self._lo, self._hi) - self._lo) / self._interval).long()
-        return torch.minimum(cells, self._top)
-
-    def voxel_centres(self, cells: np.ndarray) -> np.ndarray:
-        """Polar centre (rho, phi, z) of integer cells, float32."""
-        return ((cells.astype(np.float64) + 0.5) * self.interval + self.min_bound).astype(np.float32)
-
-    def linear_index(self, cells: np.ndarray) -> np.ndarray:
-        return (cells[:, 0] * self.size[1] + cells[:, 1]) * self.size[2] + cells[:, 2]
 
     def __call__(self, points: np.ndarray, labels: Optional[np.ndarray] = None) -> VoxelizedScan:
         points = np.asarray(points)
@@ -139,7 +105,8 @@ class CylindricalVoxelizer:
         torch.atan2(xyzi[1], xyzi[0], out=pol[1])
         pol[2] = xyzi[2]
         if self.grid.out_of_volume == "drop":
-            # Compare in float32 (see in_volume): float32(pi) from atan2 is inside [-pi, pi].
+            # Compare in float32: atan2 returns float32(pi) > math.pi for points straight
+            # behind the sensor, which must count as inside [-pi, pi].
             kept &= ((pol >= self._lo32) & (pol <= self._hi32)).all(dim=0)
         if not bool(kept.all()):
             xyzi, pol = xyzi[:, kept], pol[:, kept]

@@ -379,7 +379,7 @@ class SegmentNode(Node):
                 return
             self._publish(msg, result, received, started)
 
-    def _publish(self, msg: PointCloud2, result: FrameResult, received: float = 0.0, started: float = 0.0) -> None:
+    def _publish(self, msg: PointCloud2, result: FrameResult, received: float, started: float) -> None:
         if self._legend_pub is not None and not self.params.legend_frame_id \
                 and msg.header.frame_id != self._legend_frame:
             self._publish_legend(msg.header.frame_id)

@@ -52,21 +52,25 @@ def _act_bn(x: spconv.SparseConvTensor, act: nn.Module, bn: nn.Module) -> spconv
     return x.replace_feature(bn(act(x.features)))
 
 
-class ResContextBlock(nn.Module):
-    """Entry block: two asymmetric branches (1x3x3 then 3x1x3, and 3x1x3 then 1x3x3), summed."""
+class _AsymmetricResidual(nn.Module):
+    """Two asymmetric branches summed: ``first`` then ``second`` kernel, and the reverse.
 
-    def __init__(self, in_filters: int, out_filters: int, level: int = 0):
+    Attribute names are upstream's (conv1, bn0, ...), so state_dict keys match its weights.
+    """
+
+    def __init__(self, in_filters: int, out_filters: int, level: int,
+                 first: tuple[int, int, int], second: tuple[int, int, int]):
         super().__init__()
-        self.conv1 = subm(in_filters, out_filters, K133, level)
+        self.conv1 = subm(in_filters, out_filters, first, level)
         self.act1, self.bn0 = nn.LeakyReLU(), nn.BatchNorm1d(out_filters)
-        self.conv1_2 = subm(out_filters, out_filters, K313, level)
+        self.conv1_2 = subm(out_filters, out_filters, second, level)
         self.act1_2, self.bn0_2 = nn.LeakyReLU(), nn.BatchNorm1d(out_filters)
-        self.conv2 = subm(in_filters, out_filters, K313, level)
+        self.conv2 = subm(in_filters, out_filters, second, level)
         self.act2, self.bn1 = nn.LeakyReLU(), nn.BatchNorm1d(out_filters)
-        self.conv3 = subm(out_filters, out_filters, K133, level)
+        self.conv3 = subm(out_filters, out_filters, first, level)
         self.act3, self.bn2 = nn.LeakyReLU(), nn.BatchNorm1d(out_filters)
 
-    def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
+    def residual(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
         shortcut = _act_bn(self.conv1(x), self.act1, self.bn0)
         shortcut = _act_bn(self.conv1_2(shortcut), self.act1_2, self.bn0_2)
         res = _act_bn(self.conv2(x), self.act2, self.bn1)
@@ -74,32 +78,30 @@ class ResContextBlock(nn.Module):
         return res.replace_feature(res.features + shortcut.features)
 
 
-class ResBlock(nn.Module):
+class ResContextBlock(_AsymmetricResidual):
+    """Entry block: two asymmetric branches (1x3x3 then 3x1x3, and 3x1x3 then 1x3x3), summed."""
+
+    def __init__(self, in_filters: int, out_filters: int, level: int = 0):
+        super().__init__(in_filters, out_filters, level, K133, K313)
+
+    def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
+        return self.residual(x)
+
+
+class ResBlock(_AsymmetricResidual):
     """Asymmetric residual block followed by a stride-2 sparse conv (the encoder's down step).
 
     Returns (pooled, pre-pool); the pre-pool tensor is the skip connection of the decoder.
     """
 
     def __init__(self, in_filters: int, out_filters: int, level: int, height_pooling: bool):
-        super().__init__()
-        self.conv1 = subm(in_filters, out_filters, K313, level)
-        self.act1, self.bn0 = nn.LeakyReLU(), nn.BatchNorm1d(out_filters)
-        self.conv1_2 = subm(out_filters, out_filters, K133, level)
-        self.act1_2, self.bn0_2 = nn.LeakyReLU(), nn.BatchNorm1d(out_filters)
-        self.conv2 = subm(in_filters, out_filters, K133, level)
-        self.act2, self.bn1 = nn.LeakyReLU(), nn.BatchNorm1d(out_filters)
-        self.conv3 = subm(out_filters, out_filters, K313, level)
-        self.act3, self.bn2 = nn.LeakyReLU(), nn.BatchNorm1d(out_filters)
+        super().__init__(in_filters, out_filters, level, K313, K133)
         stride = (2, 2, 2) if height_pooling else (2, 2, 1)
         self.pool = spconv.SparseConv3d(out_filters, out_filters, kernel_size=3, stride=stride, padding=1,
                                         bias=False, indice_key=down_key(level))
 
     def forward(self, x: spconv.SparseConvTensor) -> tuple[spconv.SparseConvTensor, spconv.SparseConvTensor]:
-        shortcut = _act_bn(self.conv1(x), self.act1, self.bn0)
-        shortcut = _act_bn(self.conv1_2(shortcut), self.act1_2, self.bn0_2)
-        res = _act_bn(self.conv2(x), self.act2, self.bn1)
-        res = _act_bn(self.conv3(res), self.act3, self.bn2)
-        res = res.replace_feature(res.features + shortcut.features)
+        res = self.residual(x)
         return self.pool(res), res
 
 
