@@ -208,3 +208,23 @@ def build_model_from_checkpoint(ckpt: Checkpoint, config: Optional[Config] = Non
             f"{ckpt.label_map.num_classes} classes{hint}: " + "; ".join(shown))
     model.load_state_dict(ckpt.model_state, strict=True)
     return model.to(device).eval()
+
+
+def load_weights_into(model: nn.Module, path: PathLike, label_map: LabelMap) -> Checkpoint:
+    """Copy a checkpoint's weights (nothing else: no optimiser, step or config) into ``model``.
+
+    For fine-tuning (``pvd train --init-from``): the checkpoint may come from other data or
+    another grid as long as every tensor has the model's shape and the classes are the same;
+    otherwise every mismatching tensor is named at once.
+    """
+    ckpt = load_checkpoint(path)
+    if ckpt.label_map.class_names != label_map.class_names:
+        raise CheckpointError(f"{path}: its classes {ckpt.label_map.class_names} are not this run's "
+                              f"{label_map.class_names}")
+    diffs = _state_differences(_unwrap(model), ckpt.model_state)
+    if diffs:
+        shown = diffs[:12] + ([f"... and {len(diffs) - 12} more"] if len(diffs) > 12 else [])
+        raise CheckpointError(f"{path}: weights do not fit this run's model (init_size "
+                              f"{ckpt.config.model.init_size} there); " + "; ".join(shown))
+    _unwrap(model).load_state_dict(ckpt.model_state, strict=True)
+    return ckpt

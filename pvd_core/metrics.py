@@ -1,10 +1,14 @@
-"""Evaluation metrics of METHOD.md section 6: one confusion matrix per split, IoU, mIoU.
+"""Evaluation metrics: one confusion matrix per split, IoU, mIoU.
 
 One matrix is accumulated over every labelled point of a split (not a mean of per-scan
-mIoUs, which over-weights sparse scans). Label 0 (unlabeled) rows are excluded. A class
-with zero union (never in the ground truth and never predicted) is *absent*: it is left
-out of the mean and named in every report, so an mIoU over 17 classes is never quietly
-compared with one over 19.
+mIoUs, which over-weights sparse scans). Label 0 (unlabeled) rows are excluded.
+
+The mean runs over the classes *present in the evaluated ground truth* (or over a fixed
+list the caller gives), never over a set the predictions can change: if a class with no
+ground-truth point entered the mean as soon as a model predicted it once, one false
+positive would cost mIoU / C and two models would be averaged over different classes.
+Points predicted as an absent class still count, as false negatives of their true class.
+Every report names the classes the mean is over.
 """
 from __future__ import annotations
 
@@ -24,10 +28,15 @@ class IoUResult:
     """IoU per class (fractions in [0, 1]; NaN for class 0 and absent classes) and their mean."""
 
     iou: np.ndarray  # (C,) float64
-    present: np.ndarray  # (C,) bool; False for class 0 and for classes with zero union
+    present: np.ndarray  # (C,) bool; the classes the mean is over (class 0 never)
     miou: float  # mean of iou over present classes; NaN when none is present
     points: int  # labelled points accumulated
-    absent: list[int] = field(default_factory=list)  # classes 1..C-1 with zero union
+    absent: list[int] = field(default_factory=list)  # classes 1..C-1 left out of the mean
+
+    @property
+    def classes(self) -> list[int]:
+        """The class indices the mean is over."""
+        return [int(c) for c in np.flatnonzero(self.present)]
 
     @property
     def num_present(self) -> int:
@@ -97,8 +106,8 @@ class ConfusionMatrix:
     def points(self) -> int:
         return int(self.matrix.sum())
 
-    def result(self) -> IoUResult:
-        return compute_iou(self.matrix)
+    def result(self, classes: Optional[Sequence[int]] = None) -> IoUResult:
+        return compute_iou(self.matrix, classes)
 
 
 def iou_per_class(matrix: np.ndarray) -> np.ndarray:
@@ -117,12 +126,30 @@ def iou_per_class(matrix: np.ndarray) -> np.ndarray:
     return iou
 
 
-def compute_iou(matrix: np.ndarray) -> IoUResult:
-    """IoU per class, mIoU over present classes and the list of absent ones."""
+def gt_classes(matrix: np.ndarray) -> list[int]:
+    """Classes 1..C-1 with at least one ground-truth point in ``matrix`` (rows are ground truth)."""
+    m = np.asarray(matrix)
+    return [int(c) for c in np.flatnonzero(m.sum(axis=1) > 0) if c != IGNORE_INDEX]
+
+
+def compute_iou(matrix: np.ndarray, classes: Optional[Sequence[int]] = None) -> IoUResult:
+    """IoU per class and mIoU over ``classes`` (default: those present in the ground truth).
+
+    A class outside the mean gets NaN even if it was predicted: its IoU would be 0 by
+    construction and says nothing a per-class report of its true classes does not.
+    """
     m = np.asarray(matrix, dtype=np.int64)
+    n = m.shape[0] if m.ndim == 2 else 0
+    chosen = gt_classes(m) if classes is None else sorted({int(c) for c in classes})
+    bad = [c for c in chosen if not 1 <= c < n]
+    if bad:
+        raise ValueError(f"compute_iou: classes {bad} are outside 1..{n - 1} (class 0 is never scored)")
     iou = iou_per_class(m)
-    present = ~np.isnan(iou)
-    absent = [c for c in range(1, m.shape[0]) if not present[c]]
+    present = np.zeros(n, dtype=bool)
+    present[chosen] = True
+    iou[~present] = np.nan
+    iou[present] = np.nan_to_num(iou[present], nan=0.0)  # a listed class nobody saw or predicted scores 0
+    absent = [c for c in range(1, n) if not present[c]]
     miou = float(iou[present].mean()) if present.any() else float("nan")
     points = int(m[1:, :].sum())
     return IoUResult(iou=iou, present=present, miou=miou, points=points, absent=absent)
@@ -148,7 +175,7 @@ def format_iou_table(result: IoUResult, class_names: Sequence[str]) -> str:
                  f"{result.points} labelled points")
     if result.absent:
         names = ", ".join(class_names[c] for c in result.absent)
-        lines.append(f"absent (zero union, left out of the mean): {names}")
+        lines.append(f"absent (no ground-truth point, left out of the mean): {names}")
     return "\n".join(lines)
 
 
@@ -160,6 +187,7 @@ def metrics_dict(result: IoUResult, class_names: Sequence[str]) -> dict[str, Any
         "iou": {class_names[c]: (round(100.0 * float(result.iou[c]), 4) if result.present[c] else None)
                 for c in range(1, len(class_names))},
         "points": int(result.points),
+        "classes": [class_names[c] for c in result.classes],
         "absent_classes": [class_names[c] for c in result.absent],
     }
 

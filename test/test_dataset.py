@@ -256,3 +256,22 @@ def test_single_scan_batch_equals_the_first_scan_of_a_general_batch(kitti_root: 
     torch.testing.assert_close(alone.point_labels, pair.point_labels[:n])
     torch.testing.assert_close(alone.voxel_labels, pair.voxel_labels[:v])
     assert alone.point_to_voxel.dtype == torch.int64 and alone.voxel_coords.dtype == torch.int32
+
+
+def test_training_point_budget_subsamples_reproducibly(kitti_root: Path) -> None:
+    cfg = make_cfg(kitti_root, max_points=1000)
+    ds = ScanDataset(cfg, "train", augment=False, max_points=cfg.train.max_points)
+    full = ScanDataset(cfg, "train", augment=False)
+    scan, whole = ds[1], full[1]
+    assert scan.num_points == 1000 and whole.num_points == SCAN_POINTS
+    # A subset of the scan's own points and labels (in scan order), the same draw on a re-read...
+    whole_rows = {tuple(r) for r in np.round(whole.point_features, 5).tolist()}
+    assert all(tuple(r) in whole_rows for r in np.round(scan.point_features, 5).tolist())
+    assert same_scan(scan, ds[1])
+    # ...and another draw in the next epoch.
+    ds.set_epoch(1)
+    assert not np.array_equal(ds[1].point_features, scan.point_features)
+    # Validation is never subsampled: it scores every point.
+    assert ScanDataset(cfg, "val", augment=False).__getitem__(0).num_points == 123_389
+    with pytest.raises(Exception, match="max_points"):
+        make_cfg(kitti_root, max_points=-1)

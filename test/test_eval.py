@@ -67,7 +67,8 @@ def expected_metrics(checkpoint: Path, data: Path, tta: int = 1) -> tuple[float,
     for c in range(1, len(names)):
         tp = np.sum((pred == c) & (gt == c))
         union = np.sum((pred == c) | (gt == c))
-        ious[names[c]] = None if union == 0 else 100.0 * tp / union
+        # the mean is over the classes with ground-truth points, whatever was predicted
+        ious[names[c]] = None if not np.any(gt == c) else 100.0 * tp / union
     present = [v for v in ious.values() if v is not None]
     return float(np.mean(present)), ious, int(keep.sum())
 
@@ -78,9 +79,9 @@ def test_eval_json_and_png_match_an_independent_computation(checkpoint, data, tm
                      "--json", str(out), "--device", "cpu", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "mIoU" in printed and "absent (zero union" in printed
+    assert "mIoU" in printed and "absent (no ground-truth point" in printed
     report = json.loads(out.read_text())
-    for key in ("miou", "iou", "points", "absent_classes"):
+    for key in ("miou", "iou", "points", "classes", "absent_classes"):
         assert key in report
     miou, ious, points = expected_metrics(checkpoint, data)
     assert report["points"] == points == 2 * (1200 - UNLABELLED)  # class-0 points excluded
@@ -90,6 +91,7 @@ def test_eval_json_and_png_match_an_independent_computation(checkpoint, data, tm
         if value is not None:
             assert report["iou"][name] == pytest.approx(value, abs=1e-3), name
     assert sorted(report["absent_classes"]) == sorted(n for n, v in ious.items() if v is None)
+    assert report["classes"] == [n for n, v in ious.items() if v is not None]
     assert report["sequences"] == ["08"] and report["tta"] == 1
     png = tmp_path / "report_confusion.png"
     assert png.is_file() and png.stat().st_size > 5000

@@ -55,7 +55,8 @@ def test_iou_known_values_and_absent_class():
     assert result.points == 22
 
     d = metrics_dict(result, NAMES)
-    assert set(d) == {"miou", "iou", "points", "absent_classes"}
+    assert set(d) == {"miou", "iou", "points", "classes", "absent_classes"}
+    assert d["classes"] == ["car", "road", "person", "sign"]
     assert d["miou"] == pytest.approx(100 * result.miou, abs=1e-3)
     assert d["iou"]["pole"] is None and d["iou"]["car"] == pytest.approx(80.0)
     assert "unlabeled" not in d["iou"]
@@ -91,6 +92,26 @@ def test_save_confusion_png(tmp_path):
     assert img.shape[0] > 300 and img.shape[1] > 300
     with pytest.raises(ValueError, match="class names"):
         save_confusion_png(cm.matrix, NAMES[:3], tmp_path / "bad.png")
+
+
+def test_class_set_comes_from_ground_truth_not_predictions():
+    m = np.zeros((6, 6), np.int64)
+    m[1, 1], m[2, 2], m[5, 5] = 10, 10, 10
+    before = compute_iou(m)
+    assert before.classes == [1, 2, 5] and before.miou == pytest.approx(1.0)
+    # One point of car predicted as pole (4), a class with no ground-truth point: pole stays out
+    # of the mean (it was not entered at IoU 0); the miss costs car alone.
+    m[1, 1], m[1, 4] = 9, 1
+    after = compute_iou(m)
+    assert after.classes == before.classes and after.absent == [3, 4]
+    assert np.isnan(after.iou[4])
+    assert after.miou == pytest.approx(np.mean([0.9, 1.0, 1.0]))
+    # A class listed by the caller is scored even where nothing saw or predicted it (IoU 0).
+    fixed = compute_iou(m, classes=[1, 2, 3, 5])
+    assert fixed.classes == [1, 2, 3, 5] and fixed.iou[3] == 0.0
+    assert fixed.miou == pytest.approx(np.mean([0.9, 1.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="outside"):
+        compute_iou(m, classes=[0, 1])
 
 
 def test_real_labels_scored_against_themselves(real_label_path):

@@ -129,12 +129,19 @@ def test_missing_files(tmp_path: Path) -> None:
 
 def test_scan_files_on_shared_root(shared_kitti_root: Path, real_scan_path: Path,
                                    real_label_path: Path) -> None:
+    # shared/data holds sequence 08 frames 000000-000009 (validation) and frames 0, 2, 4, 6, 8 of
+    # the training sequences (DATA.md); pairs come back sorted, each scan beside its own label.
     pairs = sk.scan_files(shared_kitti_root, ["08"])
-    assert pairs == [(real_scan_path, real_label_path)]
+    assert pairs[0] == (real_scan_path, real_label_path)
+    assert [p.name for p, _ in pairs] == [f"{i:06d}.bin" for i in range(10)]
+    assert all(lab == p.parent.parent / "labels" / (p.stem + ".label") for p, lab in pairs)
     assert sk.label_path_for(real_scan_path) == real_label_path
+    train = sk.scan_files(shared_kitti_root, ["05", "10"])
+    assert [(p.parent.parent.name, p.stem) for p, _ in train] == [
+        (seq, f"{i:06d}") for seq in ("05", "10") for i in (0, 2, 4, 6, 8)]
     with pytest.raises(sk.DataError) as err:
-        sk.scan_files(shared_kitti_root, ["05"])
-    assert "05" in str(err.value)
+        sk.scan_files(shared_kitti_root, ["11"])
+    assert "11" in str(err.value)
 
 
 def test_scan_files_missing_label(tmp_path: Path, real_scan_path: Path) -> None:

@@ -308,3 +308,24 @@ def test_metrics_log_survives_a_torn_line_and_truncates_on_resume(tmp_path):
     assert [r["step"] for r in log.read()] == [2, 4, 4]
     png = plot_curves(log.read(), tmp_path / "curves.png")
     assert png.stat().st_size > 1000
+
+
+def test_init_from_copies_weights_only_and_names_a_shape_mismatch(teacher_run, tiny_data, tmp_path, capsys):
+    from pvd_core.checkpoint import load_checkpoint
+
+    cfg = tiny_config(tmp_path / "ft.yaml", tiny_data, init_size=4, max_steps=1, lr=1e-12, warmup_steps=0,
+                      lr_schedule="constant")
+    run_pvd("train", "--config", str(cfg), "--out", str(tmp_path / "ft"), "--init-from",
+            str(teacher_run / "last.pt"), "--no-progress")
+    source, tuned = load_checkpoint(teacher_run / "last.pt"), load_checkpoint(tmp_path / "ft" / "last.pt")
+    # Started from the source's weights (a 1e-12 step leaves conv weights equal to float precision)
+    key = "cylinder_3d_spconv_seg.downCntx.conv1.weight"
+    assert torch.allclose(tuned.model_state[key], source.model_state[key], atol=1e-6)
+    # but with a fresh schedule: step 1, not the source's 4 + 1.
+    assert tuned.meta["step"] == 1 and tuned.meta["init_from"]["path"] == str(teacher_run / "last.pt")
+    wide = tiny_config(tmp_path / "wide.yaml", tiny_data, init_size=8)
+    code = pvd_main(["train", "--config", str(wide), "--out", str(tmp_path / "wide"), "--init-from",
+                     str(teacher_run / "last.pt"), "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "last.pt" in err and "do not fit" in err and "downCntx" in err

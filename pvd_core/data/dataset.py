@@ -26,6 +26,7 @@ ScanFiles = list[tuple[Path, Optional[Path]]]
 # Separate random streams drawn from the same (seed, epoch): per-scan augmentation and order.
 _AUGMENT_STREAM = 1
 _SHUFFLE_STREAM = 2
+_SUBSAMPLE_STREAM = 4
 
 
 def split_entries(cfg: Config, split: str) -> list[str]:
@@ -77,13 +78,31 @@ def subset_indices(total: int, max_scans: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, max_scans).round().astype(np.int64))
 
 
+def subsample_points(points: np.ndarray, labels: Optional[np.ndarray], max_points: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """A uniform random subset of ``max_points`` points (and their labels), in scan order.
+
+    Uniform rather than cropped: every region and range keeps its share of points, so the
+    voxels a subsampled scan occupies are nearly those of the full scan, only sparser inside.
+    """
+    if len(points) <= max_points:
+        return points, labels
+    keep = np.sort(rng.choice(len(points), size=max_points, replace=False))
+    return points[keep], (None if labels is None else labels[keep])
+
+
 class ScanDataset(Dataset):
     """Scans of one split as VoxelizedScan (labelled), optionally augmented.
 
     ``max_scans`` > 0 keeps that many scans spread evenly over the split (validation subsets).
+    ``max_points`` > 0 keeps a random subset of at most that many points of each scan (training
+    only: a subsampled validation scan would not be scored on every point).
     """
 
-    def __init__(self, cfg: Config, split: str, augment: bool, max_scans: int = 0):
+    def __init__(self, cfg: Config, split: str, augment: bool, max_scans: int = 0, max_points: int = 0):
+        if max_points < 0:
+            raise ValueError(f"max_points must be >= 0, got {max_points}")
+        self.max_points = int(max_points)
         self.cfg = cfg
         self.split = split
         self.kind = cfg.dataset.kind
@@ -103,8 +122,8 @@ class ScanDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def rng_for(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, int(index), _AUGMENT_STREAM])
+    def rng_for(self, index: int, stream: int = _AUGMENT_STREAM) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, int(index), stream])
 
     def load(self, index: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """Raw (not augmented) points and training labels of scan ``index``."""
@@ -115,6 +134,8 @@ class ScanDataset(Dataset):
         if not 0 <= index < len(self.files):
             raise IndexError(f"scan index {index} out of range for {len(self.files)} scans")
         points, labels = self.load(index)
+        if self.max_points and len(points) > self.max_points:
+            points, labels = subsample_points(points, labels, self.max_points, self.rng_for(index, _SUBSAMPLE_STREAM))
         if self.augmenter is not None:
             points = self.augmenter(points, self.rng_for(index))
         return self.voxelizer(points, labels)

@@ -1,6 +1,6 @@
 """`pvd train` and `pvd distill`: one module, one loop (pvd_core.training.trainer).
 
-    pvd train   --config CFG [--data-root DIR] [--out RUN_DIR] [--max-steps N] [--resume]
+    pvd train   --config CFG [--data-root DIR] [--out RUN_DIR] [--max-steps N] [--resume] [--init-from CKPT]
     pvd distill --config CFG --teacher CKPT [--data-root DIR] [--out RUN_DIR] [--max-steps N] [--resume]
 
 Multi-process: ``torchrun --standalone --nproc_per_node N -m pvd_core.cli train ...``
@@ -26,30 +26,49 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="run directory (default runs/<config name>); holds config.yaml, metrics.jsonl, "
                              "curves.png, last.pt, best.pt, eval/")
     parser.add_argument("--max-steps", type=int, metavar="N", help="override train.max_steps")
+    parser.add_argument("--seed", type=int, metavar="N",
+                        help="override train.seed (initialisation, data order, augmentation and point sampling; "
+                             "a baseline and a PVD run with the same seed are a pair)")
     parser.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt")
+    parser.add_argument("--init-from", metavar="CKPT",
+                        help="start from this checkpoint's weights (weights only: fresh optimiser, schedule and "
+                             "step), e.g. a synthetic pre-trained model fine-tuned on real scans; every tensor "
+                             "must fit the config's model")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch (default: torch's choice; 1 avoids oversubscription "
                              "when several runs share few cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs still written)")
+    parser.add_argument("--release-freed-memory", action="store_true",
+                        help="let glibc return freed buffers to the OS (its default); by default a training "
+                             "process keeps them for reuse, which saved about 30 %% of the step time on real "
+                             "HDL-64 scans at the price of a higher peak RSS")
 
 
 def run(args: argparse.Namespace) -> int:
     from pvd_core.training.trainer import TrainOptions, train
 
     from pvd_core.device import set_torch_threads
+    from pvd_core.memory import retain_freed_memory
 
     set_torch_threads(args.threads)
+    if not args.release_freed_memory:
+        retain_freed_memory(training=True)
     cfg = load_config(args.config, data_root=args.data_root)
     if args.max_steps is not None:
         if args.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
         cfg.train = dataclasses.replace(cfg.train, max_steps=args.max_steps)
+    if args.seed is not None:
+        if args.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {args.seed}")
+        cfg.train = dataclasses.replace(cfg.train, seed=args.seed)
     if args.device is not None:
         cfg.train = dataclasses.replace(cfg.train, device=args.device)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     teacher = Path(args.teacher) if args.command == "distill" else None
-    result = train(TrainOptions(config=cfg, out_dir=out, resume=args.resume, teacher=teacher,
+    init_from = Path(args.init_from) if args.init_from else None
+    result = train(TrainOptions(config=cfg, out_dir=out, resume=args.resume, teacher=teacher, init_from=init_from,
                                 progress=not args.no_progress, config_source=str(args.config)))
     if os.environ.get("RANK", "0") == "0":
         best = "n/a" if result.best_miou is None else f"{result.best_miou:.2f}"

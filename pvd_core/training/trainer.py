@@ -42,7 +42,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from pvd_core.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
+from pvd_core.checkpoint import build_model_from_checkpoint, load_checkpoint, load_weights_into, save_checkpoint
 from pvd_core.config import Config, ConfigError
 from pvd_core.data import stats
 from pvd_core.data.dataset import ScanDataset, make_loader, set_epoch, split_files
@@ -76,6 +76,7 @@ class TrainOptions:
     out_dir: Path
     resume: bool = False
     teacher: Optional[Path] = None  # set by `pvd distill`
+    init_from: Optional[Path] = None  # weights to start from (fine-tuning); ignored on --resume
     progress: bool = True
     config_source: str = "config"  # where the config came from, for messages
 
@@ -166,6 +167,7 @@ class Trainer:
         self.best_miou: Optional[float] = None
         self.last_val_miou: Optional[float] = None
         self.wall_before = 0.0  # training seconds of earlier (interrupted) sessions
+        self.init_info: Optional[dict[str, Any]] = None
         self.log = MetricsLog(self.out_dir / "metrics.jsonl")
 
     # ------------------------------------------------------------------ set-up checks
@@ -199,13 +201,18 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.cfg
         seed_everything(cfg.train.seed)
-        model = build_model(cfg).to(self.device)
+        model = build_model(cfg)
+        if self.opts.init_from is not None and self.resume_ckpt is None:
+            source = load_weights_into(model, self.opts.init_from, self.label_map)
+            self.init_info = {"path": str(self.opts.init_from), "step": (source.meta or {}).get("step"),
+                              "data_root": source.config.dataset.data_root}
+        model = model.to(self.device)
         self.raw_model = model
         self.model = distributed.wrap_ddp(model, self.device, cfg.train.sync_batchnorm) if self.env.enabled else model
         self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
 
-        self.train_set = ScanDataset(cfg, "train", augment=True)
+        self.train_set = ScanDataset(cfg, "train", augment=True, max_points=cfg.train.max_points)
         if len(self.train_set) == 0:
             raise TrainError(f"{self.opts.config_source}: the training split {cfg.dataset.train_sequences} under "
                              f"{cfg.dataset.data_root} holds no scans")
@@ -280,6 +287,8 @@ class Trainer:
             "world_size": self.env.world_size,
             "wall_s": round(self.wall_before + (time.perf_counter() - self.t_start), 2),
         }
+        if self.init_info is not None:
+            meta["init_from"] = self.init_info
         if self.distill:
             meta["teacher"] = self.teacher_info
             meta["class_counts"] = [int(c) for c in self.class_counts]
@@ -317,6 +326,7 @@ class Trainer:
         self.best_miou = state.get("best_miou")
         self.last_val_miou = state.get("last_val_miou")
         self.wall_before = float((ckpt.meta or {}).get("wall_s", 0.0))
+        self.init_info = (ckpt.meta or {}).get("init_from")
         rng = state["rng"]
         if self.batch_in_epoch >= self.batches_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
