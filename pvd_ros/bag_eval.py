@@ -5,8 +5,9 @@ Segmenter (the project's one inference path), so the mIoU here is the model's qu
 that recording and the latency is the per-frame processing time (decode + segment),
 the figure that `pvd_bag replay` then has to live with at the sensor's rate.
 
-Ground truth comes from the bag itself (the ``label`` field, raw SemanticKITTI words,
-mapped with the checkpoint's label map). Points with a non-finite x, y or z are neither
+Ground truth comes from the bag itself (the ``label`` field: raw SemanticKITTI words
+mapped with the checkpoint's label map, or the class indices of a bag recorded from the
+node's output; ``bag_io.label_kind`` tells them apart and refuses an ambiguous field). Points with a non-finite x, y or z are neither
 segmented nor scored (the node labels them 0, and 0 is never scored); a non-finite
 intensity is given to the network as 0. A bag without a label field is timed only.
 """
@@ -100,8 +101,7 @@ def evaluate_bag(
                 pred[index] = np.asarray(result.labels, dtype=np.int64)
             gt: Optional[np.ndarray] = None
             if bag_io.has_label_field(cloud.msg):
-                raw = bag_io.read_label_field(cloud.msg)
-                gt = label_map.map_raw(raw & 0xFFFF, source=f"{bag} {topic} message {cloud.index} field 'label'")
+                gt = bag_io.ground_truth(cloud.msg, label_map, source=f"{bag} {topic} message {cloud.index}")
                 gt_valid = np.zeros_like(gt)
                 gt_valid[index] = gt[index]  # non-finite points are not scored
                 confusion.update(pred, gt_valid)

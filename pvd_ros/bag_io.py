@@ -1,11 +1,23 @@
-"""rosbag2 reading and writing of PointCloud2 with the pure-Python ``rosbags`` library.
+"""Bag reading (rosbag2 and ROS 1) and rosbag2 writing of PointCloud2 with the pure-Python ``rosbags`` library.
 
 Bags carry their own ground truth: besides x, y, z, intensity (float32) a cloud may hold a
-``label`` field (uint32 raw SemanticKITTI word, semantic id in the lower 16 bits), so a
-bag can be scored without the dataset it came from. Point decoding goes through
+``label`` field, so a bag can be scored without the dataset it came from. The field means
+one of two things, told apart by its datatype (:func:`label_kind`):
+
+- ``uint32``: a raw SemanticKITTI word (semantic id in the lower 16 bits), what
+  ``pvd_bag from-kitti`` writes; mapped to class indices with the checkpoint's label map;
+- ``uint16`` or ``uint8`` in a cloud that also has a ``confidence`` field: the class index
+  the segmentation node publishes (a bag recorded from its output), used as it is.
+
+Anything else is refused with a message naming the field, its datatype and the bag.
+
+Which reader opens a path is decided by what is on disk, never by the name
+(:func:`open_bag_reader`): a directory with ``metadata.yaml`` is a rosbag2 (also when it is
+called ``drive.bag``), a file starting with ``#ROSBAG V2.0`` a ROS 1 bag, a ``.mcap`` /
+``.db3`` file a single rosbag2 storage file. Point decoding goes through
 :mod:`pvd_ros.cloud_codec` (the project's one PointCloud2 codec, which works on rosbags
 messages as well as rclpy ones); this module only moves messages in and out of bags and
-reads the extra ``label`` column with the same library and the same layout checks.
+reads the extra ``label`` column with the same view and the same layout checks.
 """
 from __future__ import annotations
 
@@ -16,7 +28,8 @@ from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 from tqdm import tqdm
-from rosbags.highlevel import AnyReader
+from rosbags.rosbag1 import Reader as Reader1
+from rosbags.rosbag2 import Reader as Reader2
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
@@ -31,19 +44,19 @@ LABEL_FIELD = "label"
 STORAGES: dict[str, StoragePlugin] = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 BAG_VERSION = 9  # rosbag2 metadata version written by Jazzy and later
 
-_TYPESTORE = None
+_TYPESTORES: dict[Stores, Any] = {}
 
 
 class BagError(ValueError):
     """A bag cannot be read or written as asked; the message names the bag and topic."""
 
 
-def typestore() -> Any:
-    """The message definitions used to (de)serialise (ROS 2 Jazzy; PointCloud2 is unchanged since)."""
-    global _TYPESTORE
-    if _TYPESTORE is None:
-        _TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
-    return _TYPESTORE
+def typestore(store: Stores = Stores.ROS2_JAZZY) -> Any:
+    """The message definitions used to (de)serialise: ROS 2 Jazzy (PointCloud2 is the same in every
+    ROS 2 distribution) for rosbag2 CDR, ``Stores.ROS1_NOETIC`` for ROS 1 bags."""
+    if store not in _TYPESTORES:
+        _TYPESTORES[store] = get_typestore(store)
+    return _TYPESTORES[store]
 
 
 # ---------------------------------------------------------------------------- writing
@@ -137,27 +150,62 @@ def stamp_ns_of(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
+ROS1_MAGIC = b"#ROSBAG V2.0\n"  # the first line of every ROS 1 bag file
+ROSBAG2_FILE_SUFFIXES = tuple(k for k in Reader2.STORAGE_PLUGINS if k.startswith("."))  # .mcap, .db3
+
+
+def open_bag_reader(path: PathLike) -> tuple[str, Any]:
+    """("rosbag2" or "rosbag1", an unopened rosbags reader) for the bag at ``path``.
+
+    Chosen by what is on disk, not by the name: rosbags' ``AnyReader`` takes every path
+    ending in ``.bag`` for a ROS 1 file, so the rosbag2 directory that ``from-kitti --out
+    drive.bag`` writes would fail with "Is a directory". Reading and deserialising stay
+    the library's (``rosbag1.Reader`` / ``rosbag2.Reader``); a path that is none of the
+    three kinds raises one BagError line naming the path and what was tried.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"{path}: bag not found")
+    if path.is_dir():
+        if (path / "metadata.yaml").is_file():
+            return "rosbag2", Reader2(path)
+        raise BagError(f"{path}: not a bag: tried a rosbag2 directory, but it has no metadata.yaml")
+    with open(path, "rb") as f:
+        head = f.read(len(ROS1_MAGIC))
+    if head == ROS1_MAGIC:
+        return "rosbag1", Reader1(path)
+    if path.suffix in ROSBAG2_FILE_SUFFIXES:
+        return "rosbag2", Reader2(path)
+    raise BagError(f"{path}: not a bag: tried a rosbag2 directory (it is a file), a ROS 1 bag (it does not start "
+                   f"with {ROS1_MAGIC.decode().strip()!r}) and a rosbag2 storage file (its name does not end in "
+                   f"{' or '.join(ROSBAG2_FILE_SUFFIXES)})")
+
+
 class CloudBagReader:
-    """Reads the PointCloud2 messages of one topic of a rosbag2 (sqlite3 or MCAP)."""
+    """Reads the PointCloud2 messages of one topic of a bag: rosbag2 (directory, or one .mcap/.db3 file) or ROS 1."""
 
     def __init__(self, path: PathLike, topic: str = DEFAULT_TOPIC) -> None:
         self.path = Path(path)
         self.topic = topic
-        if not self.path.exists():
-            raise BagError(f"{self.path}: bag not found")
-        self._reader = AnyReader([self.path], default_typestore=typestore())
+        self.kind, self._reader = open_bag_reader(self.path)
+        if self.kind == "rosbag1":
+            self._deserialize = typestore(Stores.ROS1_NOETIC).deserialize_ros1
+        else:
+            self._deserialize = typestore().deserialize_cdr
 
     def __enter__(self) -> "CloudBagReader":
         try:
             self._reader.open()
-        except Exception as exc:  # rosbags raises its own ReaderError / AnyReaderError types
-            raise BagError(f"{self.path}: cannot open as a rosbag2: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # rosbags raises its own ReaderError types
+            raise BagError(f"{self.path}: cannot open as a {self.kind}: {type(exc).__name__}: {exc}") from exc
         self._connections = [c for c in self._reader.connections if c.topic == self.topic]
         if not self._connections:
             topics = sorted({f"{c.topic} ({c.msgtype})" for c in self._reader.connections})
-            raise BagError(f"{self.path}: no topic {self.topic!r} in the bag; it has {topics or 'no topics'}")
+            self._reader.close()
+            raise BagError(f"{self.path}: no topic {self.topic!r} in the {self.kind}; it has {topics or 'no topics'}")
         wrong = [c.msgtype for c in self._connections if c.msgtype != POINTCLOUD2]
         if wrong:
+            self._reader.close()
             raise BagError(f"{self.path}: topic {self.topic!r} has type {wrong[0]}, expected {POINTCLOUD2}")
         return self
 
@@ -170,7 +218,7 @@ class CloudBagReader:
     def __iter__(self) -> Iterator[BagCloud]:
         for index, (connection, timestamp, raw) in enumerate(self._reader.messages(connections=self._connections)):
             try:
-                msg = self._reader.deserialize(raw, connection.msgtype)
+                msg = self._deserialize(raw, connection.msgtype)
             except Exception as exc:
                 raise BagError(f"{self.path}: message {index} on {self.topic!r} cannot be deserialised: "
                                f"{type(exc).__name__}: {exc}") from exc
@@ -183,7 +231,7 @@ def has_label_field(msg: Any) -> bool:
 
 
 def read_label_field(msg: Any) -> np.ndarray:
-    """(N,) uint32 raw label words of a cloud's ``label`` field, in the cloud's point order.
+    """(N,) uint32 values of a cloud's ``label`` field, in the cloud's point order (what they mean: label_kind).
 
     Raises cloud_codec.CloudError (naming the field) when the layout is inconsistent or
     the field is not an integer type.
@@ -197,10 +245,52 @@ def read_label_field(msg: Any) -> np.ndarray:
     if dtype.kind not in "iu" or int(field.count) != 1:
         raise cloud_codec.CloudError("datatype", f"PointCloud2 field {LABEL_FIELD!r} must be one integer per "
                                      f"point, got {dtype} x {field.count}")
-    n = int(msg.height) * int(msg.width)
-    if n == 0:
-        return np.zeros(0, dtype=np.uint32)
-    return np.asarray(cloud_codec._pc2.read_points(msg, field_names=[LABEL_FIELD])[LABEL_FIELD]).astype(np.uint32)
+    return cloud_codec.point_view(msg)[LABEL_FIELD].reshape(-1).astype(np.uint32)
+
+
+RAW_WORD = "raw_word"  # uint32 SemanticKITTI word: what from-kitti writes
+CLASS_INDEX = "class_index"  # uint16/uint8 beside a confidence field: what segment_node publishes
+CONFIDENCE_FIELD = "confidence"
+_UINT8, _UINT16 = 2, 4  # sensor_msgs/PointField datatypes
+
+
+def label_kind(msg: Any, source: str) -> str:
+    """RAW_WORD or CLASS_INDEX for a cloud's ``label`` field, told apart by datatype (see the module doc).
+
+    Raises BagError naming ``source`` (bag, topic, message), the field and its datatype when
+    the field could be either (or neither).
+    """
+    field = next((f for f in msg.fields if f.name == LABEL_FIELD), None)
+    if field is None:
+        raise BagError(f"{source}: no {LABEL_FIELD!r} field")
+    datatype = int(field.datatype)
+    has_confidence = any(f.name == CONFIDENCE_FIELD for f in msg.fields)
+    if datatype == _UINT32 and int(field.count) == 1:
+        return RAW_WORD
+    if datatype in (_UINT8, _UINT16) and int(field.count) == 1 and has_confidence:
+        return CLASS_INDEX
+    dtype = cloud_codec.FIELD_DTYPES.get(datatype, f"datatype {datatype}")
+    beside = "beside" if has_confidence else "without"
+    raise BagError(
+        f"{source}: field {LABEL_FIELD!r} is {dtype} x {field.count} {beside} a {CONFIDENCE_FIELD!r} field: "
+        f"cannot tell whether it holds raw SemanticKITTI ids (uint32, as pvd_bag from-kitti writes) or class "
+        f"indices (uint16 or uint8 beside {CONFIDENCE_FIELD!r}, as segment_node publishes); refusing to score it")
+
+
+def ground_truth(msg: Any, label_map: Any, source: str) -> np.ndarray:
+    """(N,) uint8 class indices of a cloud's ``label`` field under ``label_map``, whichever kind it is.
+
+    Raw words are mapped (lower 16 bits) with the label map; class indices are checked
+    against its number of classes. Errors name ``source``.
+    """
+    kind = label_kind(msg, source)
+    values = read_label_field(msg)
+    if kind == RAW_WORD:
+        return label_map.map_raw(values & 0xFFFF, source=f"{source} field {LABEL_FIELD!r}")
+    if values.size and int(values.max()) >= label_map.num_classes:
+        raise BagError(f"{source}: field {LABEL_FIELD!r} holds class index {int(values.max())}, but the "
+                       f"{label_map.name} label map of the checkpoint has {label_map.num_classes} classes")
+    return values.astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------- SemanticKITTI -> bag

@@ -81,8 +81,7 @@ def load_frames(bag: Path, topic: str, label_map: Any, max_frames: Optional[int]
             seen[key] = cloud.index
             gt = None
             if bag_io.has_label_field(cloud.msg):
-                raw = bag_io.read_label_field(cloud.msg)
-                gt = label_map.map_raw(raw & 0xFFFF, source=f"{bag} {topic} message {cloud.index} field 'label'")
+                gt = bag_io.ground_truth(cloud.msg, label_map, source=f"{bag} {topic} message {cloud.index}")
                 finite = np.isfinite(decode_points(cloud.msg).points[:, :3]).all(axis=1)
                 gt[~finite] = 0  # the node labels non-finite points 0; they are not scored
             frames.append(_Frame(cloud.timestamp_ns, key, copy_into_message(cloud.msg), gt))

@@ -1,12 +1,18 @@
 """PointCloud2 <-> numpy for the segmentation node.
 
-Reading goes through ``sensor_msgs_py.point_cloud2`` where a ROS distribution provides
-it and through its PyPI port ``pointcloud2`` elsewhere (ROS.md: never a third codec).
-Both libraries index the buffer lazily and raise odd errors (KeyError, ValueError from
-numpy) on a malformed message, so :func:`check_layout` validates everything the
-message *says* about its layout first, in O(fields) time without touching the points,
-and turns every problem into a :class:`CloudError` that names the field at fault.
-That is what lets the node count and drop a bad cloud instead of crashing on it.
+The PointCloud2 library is ``sensor_msgs_py.point_cloud2`` where a ROS distribution
+provides it and its PyPI port ``pointcloud2`` elsewhere (ROS.md: never a third codec).
+Reading takes one path whichever is loaded (:func:`point_view`): the record dtype comes
+from the library's ``dtype_from_fields`` (names, offsets, count > 1 sub-fields, point_step),
+and the buffer is viewed with one documented numpy call, strides ``(row_step, point_step)``
+and the message's byte order. Not the libraries' ``read_points``: sensor_msgs_py's
+(Humble, Jazzy) starts with ``assert isinstance(cloud, PointCloud2)``, so it refuses the
+messages rosbags deserialises, and views the buffer as ``width * height`` contiguous
+records, ignoring ``row_step``, so it misreads organised clouds with padded rows.
+:func:`check_layout` validates everything the message *says* about its layout first,
+in O(fields) time without touching the points, and turns every problem into a
+:class:`CloudError` that names the field at fault. That is what lets the node count and
+drop a bad cloud instead of crashing on it.
 
 Writing fills one structured numpy array whose dtype (names, offsets, itemsize) is
 exactly the output ``PointField`` list. The array lives inside the ``array.array('B')``
@@ -146,6 +152,24 @@ def check_layout(msg: Any) -> None:
         raise CloudError("layout", f"PointCloud2 data has {n_bytes} bytes, more than row_step * height ({expected})")
 
 
+def point_view(msg: Any) -> np.ndarray:
+    """(height, width) structured, zero-copy read-only view of a cloud's points (after check_layout).
+
+    Works on rclpy messages, rosbags messages (``data`` a uint8 numpy array) and the
+    pointcloud2 port's dataclass alike, with either library loaded. Fields are named as
+    the library names them (a count > 1 field ``f`` becomes ``f_0``, ``f_1``, ...).
+    """
+    check_layout(msg)
+    height, width = int(msg.height), int(msg.width)
+    dtype = _pc2.dtype_from_fields(msg.fields, point_step=int(msg.point_step))
+    dtype = dtype.newbyteorder(">" if msg.is_bigendian else "<")  # the message's byte order, no byteswap copy
+    if height * width == 0:
+        return np.zeros((height, width), dtype=dtype)
+    # The thin view: row r, column c starts at r * row_step + c * point_step (row padding skipped).
+    return np.ndarray(shape=(height, width), dtype=dtype, buffer=memoryview(msg.data).cast("B"),
+                      strides=(int(msg.row_step), int(msg.point_step)))
+
+
 def decode_points(msg: Any) -> DecodedCloud:
     """Read x, y, z and intensity by name as (N, 4) float32; a missing intensity is 0.
 
@@ -153,19 +177,16 @@ def decode_points(msg: Any) -> DecodedCloud:
     (height > 1) layout; points keep the message's row-major order. NaN/Inf are kept
     (the caller decides what an invalid point gets).
     """
-    check_layout(msg)
-    names = {f.name for f in msg.fields}
-    has_intensity = "intensity" in names
-    wanted = [n for n in INPUT_FIELDS if n in names]
-    n_points = int(msg.height) * int(msg.width)
+    view = point_view(msg)
+    height, width = view.shape
+    has_intensity = "intensity" in view.dtype.names
+    wanted = [n for n in INPUT_FIELDS if n in view.dtype.names]
     # Every column is written below, except a missing intensity (which must read 0).
-    out = (np.empty if has_intensity else np.zeros)((n_points, 4), dtype=np.float32)
-    if n_points:
-        # A zero-copy structured view (the libraries index the buffer with the declared strides).
-        view = _pc2.read_points(msg, field_names=wanted)
-        for column, name in enumerate(wanted):
-            out[:, column] = view[name]
-    return DecodedCloud(points=out, height=int(msg.height), width=int(msg.width), has_intensity=has_intensity)
+    out = (np.empty if has_intensity else np.zeros)((height * width, 4), dtype=np.float32)
+    rows = out.reshape(height, width, 4)  # a view of out: each column is written once, converted on the way
+    for column, name in enumerate(wanted):
+        rows[:, :, column] = view[name]
+    return DecodedCloud(points=out, height=height, width=width, has_intensity=has_intensity)
 
 
 def packed_rgb_lut(colors: np.ndarray) -> np.ndarray:

@@ -24,6 +24,27 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_SCANS = 3
 
 
+def write_ros1_bag(rosbag2: Path, out: Path, topic: str = "/points") -> None:
+    """Copy the clouds of a rosbag2 into a ROS 1 bag with rosbags' rosbag1 Writer and the ROS1 typestore."""
+    from rosbags.rosbag1 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ros1 = get_typestore(Stores.ROS1_NOETIC)
+    T = ros1.types
+    with bag_io.CloudBagReader(rosbag2, topic) as reader, Writer(out) as writer:
+        connection = writer.add_connection(topic, bag_io.POINTCLOUD2, typestore=ros1)
+        for cloud in reader:
+            m = cloud.msg
+            header = T["std_msgs/msg/Header"](seq=cloud.index, stamp=T["builtin_interfaces/msg/Time"](
+                sec=m.header.stamp.sec, nanosec=m.header.stamp.nanosec), frame_id=m.header.frame_id)
+            fields = [T["sensor_msgs/msg/PointField"](name=f.name, offset=f.offset, datatype=f.datatype,
+                                                      count=f.count) for f in m.fields]
+            msg = T[bag_io.POINTCLOUD2](header=header, height=m.height, width=m.width, fields=fields,
+                                        is_bigendian=m.is_bigendian, point_step=m.point_step,
+                                        row_step=m.row_step, data=m.data, is_dense=m.is_dense)
+            writer.write(connection, cloud.timestamp_ns, ros1.serialize_ros1(msg, bag_io.POINTCLOUD2))
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bag_tools")
@@ -154,6 +175,116 @@ def test_real_scan_bag(workdir: Path, shared_kitti_root: Path, real_label_path: 
     labelled = int((read_labels(real_label_path) > 0).sum())
     assert report["scored_points"] == labelled and report["points"] == raw.size
     assert report["miou"] is not None and 0.0 <= report["miou"] <= 100.0
+
+
+def test_bags_are_read_whatever_their_name(workdir: Path, synth_root: Path, synth_bag: Path, tiny_checkpoint: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """A rosbag2 directory called drive.bag, a ROS 1 .bag file, and a ROS 1 file with another name all
+    read back the same clouds, and eval scores them exactly as the plain rosbag2."""
+    drive = workdir / "drive.bag"
+    assert bag_main(["from-kitti", "--data-root", str(synth_root), "--sequence", "00", "--out", str(drive)]) == 0
+    assert drive.is_dir() and (drive / "metadata.yaml").is_file()
+    ros1 = workdir / "drive_ros1.bag"
+    write_ros1_bag(synth_bag, ros1)
+    assert ros1.read_bytes().startswith(b"#ROSBAG V2.0\n")
+    ros1_renamed = workdir / "drive_ros1.recording"
+    shutil.copyfile(ros1, ros1_renamed)
+    with bag_io.CloudBagReader(synth_bag) as reader:
+        reference = [(c.stamp_ns, c.timestamp_ns, decode_points(c.msg).points, bag_io.read_label_field(c.msg))
+                     for c in reader]
+    for path, kind in ((drive, "rosbag2"), (ros1, "rosbag1"), (ros1_renamed, "rosbag1")):
+        with bag_io.CloudBagReader(path) as reader:
+            assert reader.kind == kind and len(reader) == N_SCANS
+            got = [(c.stamp_ns, c.timestamp_ns, decode_points(c.msg).points, bag_io.read_label_field(c.msg))
+                   for c in reader]
+        for (s0, t0, p0, l0), (s1, t1, p1, l1) in zip(reference, got, strict=True):
+            assert (s0, t0) == (s1, t1)
+            assert np.array_equal(p0, p1) and np.array_equal(l0, l1)
+    reports = {}
+    for path in (synth_bag, drive, ros1):
+        out_json = workdir / "named" / f"{path.name}.json"
+        assert bag_main(["eval", "--bag", str(path), "--checkpoint", str(tiny_checkpoint), "--json", str(out_json),
+                         "--max-frames", "2"]) == 0, capsys.readouterr().err
+        reports[path.name] = json.loads(out_json.read_text())
+    assert reports[synth_bag.name]["miou"] is not None
+    for name in (drive.name, ros1.name):
+        assert reports[name]["iou"] == reports[synth_bag.name]["iou"]
+        assert reports[name]["scored_points"] == reports[synth_bag.name]["scored_points"]
+
+
+@pytest.mark.parametrize("what", ["text_file.bag", "empty_dir.bag", "notes.txt", "missing.bag"])
+def test_unreadable_bag_path_is_one_line_naming_what_was_tried(workdir: Path, tiny_checkpoint: Path, what: str,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    path = workdir / "unreadable" / what
+    path.parent.mkdir(exist_ok=True)
+    if what.startswith("empty_dir"):
+        path.mkdir(exist_ok=True)
+    elif what != "missing.bag":
+        path.write_text("not a bag\n")
+    for command in ("eval", "replay"):
+        assert bag_main([command, "--bag", str(path), "--checkpoint", str(tiny_checkpoint)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and str(path) in err, err
+        if what == "missing.bag":
+            assert "not found" in err
+        elif what.startswith("empty_dir"):
+            assert "rosbag2 directory" in err and "metadata.yaml" in err
+        else:
+            assert "rosbag2 directory" in err and "ROS 1 bag" in err and ".mcap" in err
+
+
+def _recorded_output_bag(path: Path, input_bag: Path, segmenter, label_datatype: int | None = None) -> None:
+    """What `pvd_bag replay --record` writes: the node's encoded answers (class-index labels), rclpy-serialised."""
+    from rclpy.serialization import serialize_message
+
+    from pvd_ros import cloud_codec
+
+    lut = cloud_codec.packed_rgb_lut(segmenter.label_map.color_array())
+    with bag_io.CloudBagReader(input_bag) as reader, \
+            bag_io.CloudBagWriter(path, topic="/segment_node/output/points") as writer:
+        for cloud in reader:
+            points = decode_points(cloud.msg).points
+            result = segmenter.segment(points)
+            msg = cloud_codec.encode_labelled(cloud_codec.copy_into_message(cloud.msg).header, points,
+                                              result.labels.astype(np.uint16), result.confidence, lut)
+            if label_datatype is not None:
+                next(f for f in msg.fields if f.name == "label").datatype = label_datatype
+            writer.write_serialized(serialize_message(msg), cloud.timestamp_ns)
+
+
+def test_eval_of_recorded_output_bag_reads_class_indices(workdir: Path, synth_bag: Path, tiny_checkpoint: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """The node's uint16 class indices are ground truth as they are: the same model on the same points
+    agrees with itself (mIoU 100). Read as raw SemanticKITTI ids (as before), class 2 or 14 is an
+    unknown raw id and class 1 ("car") the raw id "outlier" (unlabelled)."""
+    from pvd_core.segmenter import Segmenter
+
+    segmenter = Segmenter.from_checkpoint(tiny_checkpoint, device="cpu")
+    recorded = workdir / "recorded_output"
+    _recorded_output_bag(recorded, synth_bag, segmenter)
+    out_json = workdir / "recorded_eval" / "r.json"
+    assert bag_main(["eval", "--bag", str(recorded), "--checkpoint", str(tiny_checkpoint), "--json", str(out_json),
+                     "--topic", "/segment_node/output/points"]) == 0, capsys.readouterr().err
+    report = json.loads(out_json.read_text())
+    with bag_io.CloudBagReader(recorded, "/segment_node/output/points") as reader:
+        labels = np.concatenate([bag_io.read_label_field(c.msg) for c in reader])
+    assert report["labelled_frames"] == N_SCANS
+    assert report["scored_points"] == int((labels > 0).sum()) > 0
+    assert report["miou"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("datatype, name", [(5, "int32"), (4, "uint16")])
+def test_eval_refuses_an_ambiguous_label_field(workdir: Path, synth_bag: Path, tiny_checkpoint: Path, datatype: int,
+                                               name: str, capsys: pytest.CaptureFixture) -> None:
+    """An int32 label, or a uint16 one without the node's confidence field, could be raw ids or class indices."""
+    bag = workdir / f"ambiguous_{name}"
+    with bag_io.CloudBagReader(synth_bag) as reader, bag_io.CloudBagWriter(bag) as writer:
+        for cloud in reader:
+            next(f for f in cloud.msg.fields if f.name == "label").datatype = datatype  # the same bytes retyped
+            writer.write(cloud.msg, cloud.timestamp_ns)
+    assert bag_main(["eval", "--bag", str(bag), "--checkpoint", str(tiny_checkpoint)]) == 1
+    err = capsys.readouterr().err
+    assert str(bag) in err and "'label'" in err and f"is {name} x 1" in err and "refusing" in err, err
 
 
 def test_label_field_checks() -> None:
