@@ -1,4 +1,9 @@
-"""PointCloud2 <-> numpy: layouts the node must read, malformed clouds it must refuse, its output."""
+"""PointCloud2 <-> numpy: layouts the node must read, malformed clouds it must refuse, its output.
+
+Every test runs once per PointCloud2 library: the PyPI port ``pointcloud2`` and, where a
+ROS distribution provides it, ``sensor_msgs_py.point_cloud2`` (skipped with the reason
+otherwise), by pointing the codec's library at each in turn.
+"""
 from __future__ import annotations
 
 import array
@@ -18,6 +23,20 @@ from pvd_ros.cloud_codec import (  # noqa: E402
     OUTPUT_POINT_STEP, CloudError, check_layout, decode_points, encode_labelled, make_cloud, packed_rgb_lut)
 
 NP_TO_DATATYPE = {np.dtype(v): k for k, v in cloud_codec.FIELD_DTYPES.items()}
+
+
+@pytest.fixture(autouse=True, params=["pointcloud2", "sensor_msgs_py"])
+def pc2_library(request, monkeypatch):
+    """The codec with each PointCloud2 library in turn (the one it imported by itself is one of them)."""
+    if request.param == "sensor_msgs_py":
+        module = pytest.importorskip(
+            "sensor_msgs_py.point_cloud2",
+            reason="sensor_msgs_py comes with a ROS 2 distribution (not on PyPI); the codec's sensor_msgs_py path "
+                   "is tested where one is sourced")
+    else:
+        import pointcloud2 as module
+    monkeypatch.setattr(cloud_codec, "_pc2", module)
+    return module
 
 
 def cloud_from_structured(points: np.ndarray, height: int = 1, bigendian: bool = False,
@@ -121,6 +140,65 @@ def test_works_on_rosbags_style_message_with_numpy_data():
     np.testing.assert_array_equal(decode_points(bag_like).points, ref)
     copy = cloud_codec.copy_into_message(bag_like)
     np.testing.assert_array_equal(decode_points(copy).points, ref)
+
+
+def as_rosbags_message(msg: PointCloud2):
+    """The message as rosbags deserialises it from a bag (CDR through rclpy, back through the Jazzy typestore)."""
+    from rclpy.serialization import serialize_message
+
+    from pvd_ros import bag_io
+
+    return bag_io.typestore().deserialize_cdr(serialize_message(msg), bag_io.POINTCLOUD2)
+
+
+def padded_organised_cloud(seed: int = 3) -> tuple[PointCloud2, np.ndarray, np.ndarray]:
+    """A 4 x 15 cloud, 24-byte points, 8 bytes of 0xAB row padding, with a uint32 label: (msg, xyzi, labels)."""
+    ref = random_xyzi(60, seed=seed)
+    labels = (np.arange(60, dtype=np.uint32) * 7919) % 260
+    dtype = np.dtype({"names": ["x", "y", "z", "intensity", "label"],
+                      "formats": [np.float32] * 4 + [np.uint32], "offsets": [0, 4, 8, 12, 16], "itemsize": 24})
+    pts = np.zeros(60, dtype)
+    pts["x"], pts["y"], pts["z"], pts["intensity"] = ref.T
+    pts["label"] = labels
+    return cloud_from_structured(pts, height=4, row_padding=8), ref, labels
+
+
+@pytest.mark.parametrize("kind", ["rclpy", "rosbags"])
+def test_padded_organised_cloud_of_every_message_kind(kind):
+    """What sensor_msgs_py's read_points (Humble/Jazzy) gets wrong, on both kinds of message: it asserts an
+    rclpy PointCloud2 (a rosbags message is not one) and views width * height contiguous records, which
+    reads the row padding as points. The codec's one path reads both right, with either library."""
+    from pvd_ros import bag_io
+
+    msg, ref, labels = padded_organised_cloud()
+    if kind == "rosbags":
+        msg = as_rosbags_message(msg)
+        assert not isinstance(msg, PointCloud2) and isinstance(msg.data, np.ndarray)
+    assert msg.row_step > msg.width * msg.point_step and msg.height > 1
+    unpadded = np.ndarray(shape=(msg.width * msg.height,), buffer=memoryview(msg.data).cast("B"),
+                          dtype=cloud_codec._pc2.dtype_from_fields(msg.fields, point_step=msg.point_step))
+    assert not np.array_equal(unpadded["x"], ref[:, 0])  # the view without row_step misreads rows 1..3
+    decoded = decode_points(msg)
+    assert (decoded.height, decoded.width) == (4, 15)
+    np.testing.assert_array_equal(decoded.points, ref)
+    np.testing.assert_array_equal(bag_io.read_label_field(msg), labels)
+    np.testing.assert_array_equal(cloud_codec.point_view(msg)["label"].reshape(-1), labels)
+
+
+def test_rosbags_big_endian_cloud_with_multi_count_field():
+    ref = random_xyzi(12, seed=4)
+    dtype = np.dtype({"names": ["x", "y", "z", "intensity"], "formats": [np.float64, np.float64, np.float64,
+                                                                       np.uint16],
+                      "offsets": [0, 8, 16, 24], "itemsize": 32})
+    pts = np.zeros(12, dtype)
+    pts["x"], pts["y"], pts["z"] = ref[:, 0], ref[:, 1], ref[:, 2]
+    pts["intensity"] = np.arange(12) * 100
+    msg = cloud_from_structured(pts, height=3, bigendian=True, row_padding=4)
+    msg.fields = list(msg.fields) + [PointField(name="ring", offset=26, datatype=PointField.UINT8, count=3)]
+    decoded = decode_points(as_rosbags_message(msg))
+    np.testing.assert_allclose(decoded.points[:, :3], ref[:, :3], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(decoded.points[:, 3], np.arange(12) * 100)
+    assert cloud_codec.point_view(msg).dtype.names[-3:] == ("ring_0", "ring_1", "ring_2")
 
 
 def _valid_msg(n: int = 8) -> PointCloud2:
