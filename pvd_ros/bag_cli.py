@@ -74,6 +74,9 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="longest wait in seconds for the last answers after the bag ends (default 30)")
     p.add_argument("--max-frames", type=int, default=None, help="replay only the first N frames")
+    p.add_argument("--startup-timeout", type=float, default=180.0,
+                   help="longest wait in seconds for the node to be ready and answer a probe (default 180; "
+                        "what is discovered meanwhile is printed every 5 s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +137,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         report = replay_bag(args.bag, args.checkpoint, rate=args.rate, topic=args.topic, record=args.record,
                             record_storage=args.record_storage, node=args.node, device=args.device,
                             domain_id=args.domain_id, params_file=args.params_file, node_params=node_params,
-                            drain_timeout_s=args.drain_timeout, max_frames=args.max_frames)
+                            drain_timeout_s=args.drain_timeout, startup_timeout_s=args.startup_timeout,
+                            max_frames=args.max_frames)
         print_report(report)
         _write_json(report, args.json, argv)
         return 0

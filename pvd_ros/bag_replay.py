@@ -43,6 +43,8 @@ from pvd_ros.bag_eval import latency_summary
 PathLike = Union[str, Path]
 NODE_MODES = ("inprocess", "process")
 NODE_NAME = "segment_node"
+STARTUP_REPORT_S = 5.0  # while start-up waits, one line on stderr this often says what is seen
+RESUBSCRIBE_S = 5.0  # a discovered latched publisher whose sample has not come: re-subscribe this often
 
 
 class ReplayError(RuntimeError):
@@ -168,7 +170,6 @@ def replay_bag(
     from rclpy.serialization import serialize_message
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import PointCloud2
-    from std_msgs.msg import Bool
 
     from pvd_core.checkpoint import load_checkpoint
     from pvd_core.metrics import ConfusionMatrix, compute_iou, format_iou_table, metrics_dict
@@ -239,8 +240,6 @@ def replay_bag(
                                 reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
         answer_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                                 reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         publisher = player.create_publisher(PointCloud2, input_topic, sensor_qos)
         if record is not None:
             writer = bag_io.CloudBagWriter(record, topic=output_topic, storage=record_storage).__enter__()
@@ -287,22 +286,21 @@ def replay_bag(
 
         player.create_subscription(PointCloud2, output_topic, on_answer, answer_qos)
         player.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-        player.create_subscription(Bool, f"/{NODE_NAME}/ready", lambda m: m.data and ready_flag.set(), latched)
         executor.add_node(player)
         spin_thread = threading.Thread(target=_spin, args=(executor,), name="pvd_bag_replay_spin", daemon=True)
         spin_thread.start()
 
-        _wait(lambda: ready_flag.is_set(), startup_timeout_s, child,
-              f"segment_node did not report ready on /{NODE_NAME}/ready within {startup_timeout_s:.0f} s")
+        if not ready_flag.is_set():
+            wait_for_ready(player, f"/{NODE_NAME}/ready", startup_timeout_s, child)
         _wait(lambda: publisher.get_subscription_count() > 0 and
               player.count_publishers(output_topic) > 0, 30.0, child,
               f"the player and segment_node did not discover each other on {input_topic} / {output_topic} "
-              f"within 30 s (ROS domain {domain_id})")
+              f"within 30 s (ROS domain {domain_id})", lambda: describe_graph(player, [input_topic, output_topic]))
         # Round trip before the clock starts: discovery is asymmetric (our publisher may see the
         # node's subscription before the node accepts our samples, and the node skips clouds
         # until its own publisher sees our subscription), so a probe cloud is re-sent until one
         # answer comes back. Probe stamps never collide with the bag's; probe answers are not scored.
-        probe_rtt = _probe(frames[0].msg, publisher, probe_keys, probe_answers, lock, startup_timeout_s, child,
+        probe_rtt, probes_sent = _probe(frames[0].msg, publisher, probe_keys, probe_answers, lock, startup_timeout_s, child,
                            copy_into_message)
 
         # ------------------------------------------------------------ the timed run
@@ -394,6 +392,7 @@ def replay_bag(
         "bad_answers": bad_answers[:10],
         "wall_s": round(wall_s, 3),
         "probe_round_trip_ms": round(probe_rtt * 1e3, 3),
+        "probes_sent": probes_sent,
         "node_stats": node_stats,
         "node_mean_ms": node_mean_ms,
         "domain_id": domain_id,
@@ -426,11 +425,12 @@ def _checkpoint_label_map(checkpoint: Path, load_checkpoint: Any) -> Any:
 
 
 def _probe(template: Any, publisher: Any, keys: set[tuple[int, int]], answered: dict[tuple[int, int], float],
-           lock: threading.Lock, timeout_s: float, child: Optional[_ChildNode], copy_into_message: Any) -> float:
+           lock: threading.Lock, timeout_s: float, child: Optional[_ChildNode],
+           copy_into_message: Any) -> tuple[float, int]:
     """Re-send a probe cloud (backing off) until one is answered, then let the node go idle.
 
-    Returns the probe's round-trip time in seconds. The node keeps only the newest cloud,
-    so after the first answer the last probe sent is the last one it will process: wait
+    Returns the probe's round-trip time in seconds and how many probes were sent. The node
+    keeps only the newest cloud, so after the first answer the last probe sent is the last one it will process: wait
     for its answer (it may also have been dropped, hence the bounded wait) so that the
     timed run starts with an idle node.
     """
@@ -443,6 +443,7 @@ def _probe(template: Any, publisher: Any, keys: set[tuple[int, int]], answered: 
     interval = 1.0
     order = sorted(keys)
     rtt: Optional[float] = None
+    next_report = time.monotonic() + STARTUP_REPORT_S
     while rtt is None:
         if len(sent) == len(order):
             raise ReplayError(f"segment_node answered none of {len(sent)} probe clouds")
@@ -465,6 +466,10 @@ def _probe(template: Any, publisher: Any, keys: set[tuple[int, int]], answered: 
                 tail = f"\nsegment_node log:\n{child.log_tail()}" if child is not None else ""
                 raise ReplayError(f"segment_node answered none of {len(sent)} probe clouds within {timeout_s:.0f} s "
                                   f"(publishing {publisher.topic_name}){tail}")
+            if time.monotonic() >= next_report:
+                _say(f"no answer yet to {len(sent)} probe cloud(s) on {publisher.topic_name} "
+                     f"({publisher.get_subscription_count()} subscription(s) matched){_child_last_line(child)}")
+                next_report = time.monotonic() + STARTUP_REPORT_S
             time.sleep(0.02)
     last = key
     quiet_until = time.monotonic() + 3.0 * rtt + 1.0
@@ -473,7 +478,7 @@ def _probe(template: Any, publisher: Any, keys: set[tuple[int, int]], answered: 
             if last in answered:
                 break
         time.sleep(0.02)
-    return rtt
+    return rtt, len(sent)
 
 
 def _large_data_env() -> dict[str, str]:
@@ -512,14 +517,101 @@ def _spin(executor: Any) -> None:
             raise
 
 
-def _wait(condition: Any, timeout_s: float, child: Optional[_ChildNode], message: str) -> None:
-    deadline = time.monotonic() + timeout_s
+def _say(line: str) -> None:
+    print(f"pvd_bag replay: {line}", file=sys.stderr, flush=True)
+
+
+def describe_graph(node: Any, topics: Sequence[str]) -> str:
+    """One line of what ``node``'s participant has discovered: the other nodes, every topic, and the
+    publishers (with reliability and durability) and subscriptions of ``topics``."""
+    me = node.get_fully_qualified_name()
+    nodes = sorted(f"{ns.rstrip('/')}/{name}" for name, ns in node.get_node_names_and_namespaces())
+    nodes = [n for n in nodes if n != me]
+    parts = [f"nodes {nodes or 'none'}", f"topics {sorted(t for t, _ in node.get_topic_names_and_types()) or 'none'}"]
+    for topic in topics:
+        pubs = node.get_publishers_info_by_topic(topic)
+        qos = ", ".join(f"{p.node_namespace.rstrip('/')}/{p.node_name} {p.qos_profile.reliability.name.lower()} "
+                        f"{p.qos_profile.durability.name.lower()}" for p in pubs)
+        parts.append(f"{topic}: {len(pubs)} publisher(s){f' ({qos})' if pubs else ''}, "
+                     f"{node.count_subscribers(topic)} subscription(s)")
+    return "; ".join(parts)
+
+
+def _child_last_line(child: Optional[_ChildNode]) -> str:
+    if child is None:
+        return ""
+    lines = child.log_tail(500).strip().splitlines()
+    return f"; segment_node's last log line: {lines[-1].strip()}" if lines else "; segment_node has logged nothing"
+
+
+def wait_for_ready(player: Any, topic: str, timeout_s: float, child: Optional[_ChildNode] = None, *,
+                   report_every_s: float = STARTUP_REPORT_S, resubscribe_after_s: float = RESUBSCRIBE_S,
+                   say: Any = _say) -> int:
+    """Wait for ``True`` on the node's latched ``topic``; returns how often the subscription was re-created.
+
+    Never silent: every ``report_every_s`` one line (``say``) tells what this process has
+    discovered (nodes, topics, the ready topic's publishers and their QoS) and the child's
+    last log line. A latched sample that does not come although its publisher has been
+    discovered (seen once in test_demo: the node had logged "ready") is asked for again
+    every ``resubscribe_after_s`` by re-creating the subscription: a new reader is a new
+    late joiner, to which the publisher sends its transient-local sample anew. Raises
+    ReplayError with what was seen after ``timeout_s``; a child that exits ends the wait at once.
+    """
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import Bool
+
+    ready = threading.Event()
+    latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+    def subscribe() -> Any:
+        return player.create_subscription(Bool, topic, lambda m: m.data and ready.set(), latched)
+
+    subscription = subscribe()
+    start = time.monotonic()
+    next_report = start + report_every_s
+    publisher_seen: Optional[float] = None
+    resubscribed = 0
+    while not ready.wait(0.05):
+        now = time.monotonic()
+        if child is not None:
+            child.check_alive()
+        if publisher_seen is None and player.count_publishers(topic) > 0:
+            publisher_seen = now
+        if publisher_seen is not None and now - publisher_seen >= resubscribe_after_s * (resubscribed + 1):
+            player.destroy_subscription(subscription)
+            subscription = subscribe()
+            resubscribed += 1
+            say(f"{topic} has a publisher (discovered {now - publisher_seen:.0f} s ago) but no sample came; "
+                f"re-created the subscription (retry {resubscribed})")
+        if now - start > timeout_s:
+            tail = f"\nsegment_node log:\n{child.log_tail()}" if child is not None else ""
+            raise ReplayError(f"segment_node did not report ready on {topic} within {timeout_s:.0f} s "
+                              f"({resubscribed} re-subscriptions); this process sees {describe_graph(player, [topic])}"
+                              f"{tail}")
+        if now >= next_report:
+            say(f"waiting {now - start:.0f} s for {topic}: this process sees {describe_graph(player, [topic])}"
+                f"{_child_last_line(child)}")
+            next_report = now + report_every_s
+    return resubscribed
+
+
+def _wait(condition: Any, timeout_s: float, child: Optional[_ChildNode], message: str,
+          describe: Any = None) -> None:
+    """Poll ``condition``; every STARTUP_REPORT_S say what ``describe()`` sees, and raise with it at the end."""
+    start = time.monotonic()
+    next_report = start + STARTUP_REPORT_S
     while not condition():
         if child is not None:
             child.check_alive()
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now - start > timeout_s:
+            seen = f"; this process sees {describe()}" if describe is not None else ""
             tail = f"\nsegment_node log:\n{child.log_tail()}" if child is not None else ""
-            raise ReplayError(message + tail)
+            raise ReplayError(message + seen + tail)
+        if describe is not None and now >= next_report:
+            _say(f"waiting {now - start:.0f} s: {describe()}{_child_last_line(child)}")
+            next_report = now + STARTUP_REPORT_S
         time.sleep(0.05)
 
 

@@ -1,8 +1,9 @@
 """`pvd_bag replay`: a real bag into the real segment node over real rclpy / Fast DDS.
 
-No timing assertions: these tests check the bookkeeping (every published frame is
-either answered or dropped, answers match inputs by stamp, the recorded bag holds the
-node's labels, overload drops instead of queueing) and that the scores equal the offline
+No timing assertions: these tests check the bookkeeping against counts observed
+independently of the report's own arithmetic (the node's received/processed counters,
+the recorded bag's messages and their stamps), that answers match inputs by stamp, that
+the recorded bag holds the node's labels and that overload drops instead of queueing and that the scores equal the offline
 `pvd_bag eval` ones when nothing is dropped. Each test process uses its own ROS domain.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 from pvd_core.cli import main as pvd_main
 from pvd_ros import bag_io
 from pvd_ros.bag_cli import main as bag_main
+from test_bag_tools import write_ros1_bag
 
 DOMAIN_ID = 120 + os.getpid() % 100  # 120..219: away from the default 0 and from other test files
 FAST_NODE = {"warmup_points": 2000}
@@ -53,13 +55,15 @@ def test_inprocess_replay_scores_like_eval_and_records(workdir: Path, slow_bag: 
     record = workdir / "recorded"
     report = replay_bag(slow_bag, tiny_checkpoint, rate=1.0, record=record, node="inprocess", device="cpu",
                         domain_id=DOMAIN_ID, node_params=FAST_NODE, progress=False)
-    assert report["published"] == 3
-    assert report["answered"] + report["dropped"] == 3
     assert report["answered"] == 3, report  # 1 s between scans of 7k points
     assert report["unmatched_answers"] == 0 and report["bad_answers"] == []
     lat = report["latency_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["max"]
-    assert report["node_stats"]["processed"] >= 3  # the probe cloud is processed too
+    # Counted by the node itself: every bag frame and every probe arrived, and each was answered.
+    stats = report["node_stats"]
+    assert report["probes_sent"] >= 1
+    assert stats["received"] == 3 + report["probes_sent"], (stats, report["probes_sent"])
+    assert stats["processed"] == report["answered"] + report["probe_answers"], stats
     assert report["input_hz"] == pytest.approx(1.0)
 
     offline = evaluate_bag(slow_bag, tiny_checkpoint, device="cpu", progress=False)
@@ -73,6 +77,13 @@ def test_inprocess_replay_scores_like_eval_and_records(workdir: Path, slow_bag: 
     with bag_io.CloudBagReader(record, topic="/segment_node/output/points") as reader:
         outputs = list(reader)
     assert len(outputs) == report["record"]["messages"] == 3
+    assert sorted(o.stamp_ns for o in outputs) == sorted(inputs)  # one answer per input frame
+
+    # The recorded output bag scores with its uint16 class indices as ground truth: the same model on
+    # the same points agrees with itself.
+    agreement = evaluate_bag(record, tiny_checkpoint, topic="/segment_node/output/points", device="cpu",
+                             progress=False)
+    assert agreement["labelled_frames"] == 3 and agreement["miou"] == pytest.approx(100.0)
     from pvd_ros.cloud_codec import decode_points
 
     for out in outputs:
@@ -88,11 +99,20 @@ def test_overload_drops_instead_of_queueing(workdir: Path, tiny_checkpoint: Path
     from pvd_ros.bag_replay import replay_bag
 
     bag = _make_bag(workdir, "burst", scans=12, rate_hz=10.0)
+    record = workdir / "burst_recorded"
     report = replay_bag(bag, tiny_checkpoint, rate=50.0, node="inprocess", device="cpu", domain_id=DOMAIN_ID,
-                        node_params=FAST_NODE, progress=False)
-    assert report["published"] == 12
-    assert report["answered"] + report["dropped"] == 12
+                        node_params=FAST_NODE, record=record, progress=False)
     assert report["answered"] >= 1 and report["answered"] < 12 and report["dropped"] > 0, report
+    # Observed independently: the node received no more than was sent, and the recorded bag holds
+    # exactly the answered frames, each a distinct bag frame.
+    stats = report["node_stats"]
+    assert report["answered"] <= stats["received"] <= 12 + report["probes_sent"], (stats, report)
+    with bag_io.CloudBagReader(bag) as reader:
+        input_stamps = {c.stamp_ns for c in reader}
+    with bag_io.CloudBagReader(record, topic="/segment_node/output/points") as reader:
+        output_stamps = [c.stamp_ns for c in reader]
+    assert len(output_stamps) == len(set(output_stamps)) == report["answered"]
+    assert set(output_stamps) <= input_stamps
     # Everything the node processed reached us: the drops happened at its input (newest scan
     # only), not in a queue of answers nor in transport.
     assert report["node_stats"]["processed"] == report["answered"] + report["probe_answers"]
@@ -102,17 +122,26 @@ def test_overload_drops_instead_of_queueing(workdir: Path, tiny_checkpoint: Path
 def test_replay_cli_with_child_process_node(workdir: Path, slow_bag: Path, tiny_checkpoint: Path,
                                             capsys: pytest.CaptureFixture) -> None:
     out_json = workdir / "replay_cli.json"
-    rc = bag_main(["replay", "--bag", str(slow_bag), "--checkpoint", str(tiny_checkpoint), "--rate", "2",
+    record = workdir / "replay_cli_recorded.bag"  # a rosbag2 directory named like a ROS 1 file
+    ros1_bag = workdir / "slow_ros1.bag"
+    write_ros1_bag(slow_bag, ros1_bag)
+    rc = bag_main(["replay", "--bag", str(ros1_bag), "--checkpoint", str(tiny_checkpoint), "--rate", "2",
                    "--node", "process", "--device", "cpu", "--domain-id", str(DOMAIN_ID),
-                   "-p", "warmup_points:=2000", "--json", str(out_json)])
+                   "-p", "warmup_points:=2000", "--json", str(out_json), "--record", str(record)])
     assert rc == 0, capsys.readouterr().err[-3000:]
     printed = capsys.readouterr().out
     assert "answered" in printed and "latency ms" in printed
     report = json.loads(out_json.read_text())
     assert report["command"].startswith("pvd_bag replay --bag")
     assert report["node"] == "process" and report["rate"] == 2.0 and report["input_hz"] == pytest.approx(2.0)
-    assert report["published"] == 3 and report["answered"] + report["dropped"] == 3
     assert report["answered"] >= 1, report
+    with bag_io.CloudBagReader(record, topic="/segment_node/output/points") as reader:
+        output_stamps = [c.stamp_ns for c in reader]
+    with bag_io.CloudBagReader(ros1_bag) as reader:
+        assert reader.kind == "rosbag1"
+        input_stamps = {c.stamp_ns for c in reader}
+    assert len(output_stamps) == len(set(output_stamps)) == report["answered"]
+    assert set(output_stamps) <= input_stamps
     assert report["miou"] is not None and set(report["latency_ms"]) >= {"p50", "p95", "max"}
     assert report["dds_env"].get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA") == "LARGE_DATA"
 
