@@ -39,7 +39,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="offline per-class IoU, mIoU and latency of a checkpoint on a bag",
                        description="Segment every cloud of the topic with the Segmenter and score it against "
                                    "the cloud's label field; a bag without labels is timed only.")
-    p.add_argument("--bag", required=True, type=Path, help="the bag: a rosbag2 folder (any name, also drive.bag), one .mcap/.db3 file, or a ROS 1 .bag file")
+    p.add_argument("--bag", required=True, type=Path,
+                   help="rosbag2 folder (any name, also drive.bag), one .mcap/.db3 file, or a ROS 1 .bag file")
     p.add_argument("--checkpoint", required=True, type=Path, help="model checkpoint (.pt)")
     p.add_argument("--topic", default="/points", help="PointCloud2 topic (default /points)")
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
@@ -56,7 +57,8 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
                        description="Publish the bag's clouds through rclpy at the bag's timing x rate with "
                                    "sensor-data QoS into segment_node, match answers by stamp, and report "
                                    "answered / dropped frames, latency and mIoU over answered frames.")
-    p.add_argument("--bag", required=True, type=Path, help="the bag: a rosbag2 folder (any name, also drive.bag), one .mcap/.db3 file, or a ROS 1 .bag file")
+    p.add_argument("--bag", required=True, type=Path,
+                   help="rosbag2 folder (any name, also drive.bag), one .mcap/.db3 file, or a ROS 1 .bag file")
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint the node runs (.pt)")
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0 = bag timing)")
     p.add_argument("--topic", default="/points", help="PointCloud2 topic of the bag (default /points)")

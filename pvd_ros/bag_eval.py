@@ -7,9 +7,10 @@ the figure that `pvd_bag replay` then has to live with at the sensor's rate.
 
 Ground truth comes from the bag itself (the ``label`` field: raw SemanticKITTI words
 mapped with the checkpoint's label map, or the class indices of a bag recorded from the
-node's output; ``bag_io.label_kind`` tells them apart and refuses an ambiguous field). Points with a non-finite x, y or z are neither
-segmented nor scored (the node labels them 0, and 0 is never scored); a non-finite
-intensity is given to the network as 0. A bag without a label field is timed only.
+node's output; ``bag_io.label_kind`` tells them apart and refuses an ambiguous field).
+Points with a non-finite x, y or z are neither segmented nor scored (the node labels
+them 0, and 0 is never scored); a non-finite intensity is given to the network as 0.
+A bag without a label field is timed only.
 """
 from __future__ import annotations
 

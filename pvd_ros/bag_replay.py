@@ -300,8 +300,8 @@ def replay_bag(
         # node's subscription before the node accepts our samples, and the node skips clouds
         # until its own publisher sees our subscription), so a probe cloud is re-sent until one
         # answer comes back. Probe stamps never collide with the bag's; probe answers are not scored.
-        probe_rtt, probes_sent = _probe(frames[0].msg, publisher, probe_keys, probe_answers, lock, startup_timeout_s, child,
-                           copy_into_message)
+        probe_rtt, probes_sent = _probe(frames[0].msg, publisher, probe_keys, probe_answers, lock,
+                                        startup_timeout_s, child, copy_into_message)
 
         # ------------------------------------------------------------ the timed run
         t0_bag = frames[0].timestamp_ns

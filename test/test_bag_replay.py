@@ -3,8 +3,9 @@
 No timing assertions: these tests check the bookkeeping against counts observed
 independently of the report's own arithmetic (the node's received/processed counters,
 the recorded bag's messages and their stamps), that answers match inputs by stamp, that
-the recorded bag holds the node's labels and that overload drops instead of queueing and that the scores equal the offline
-`pvd_bag eval` ones when nothing is dropped. Each test process uses its own ROS domain.
+the recorded bag holds the node's labels, that overload drops instead of queueing, and
+that the scores equal the offline `pvd_bag eval` ones when nothing is dropped. Each test
+process uses its own ROS domain.
 """
 from __future__ import annotations
 
