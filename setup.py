@@ -29,6 +29,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.5",
         "rosbags>=0.9.20",
+        "scipy>=1.9",  # paired-t / bootstrap statistics of the distillation benchmark
     ],
     extras_require={
         "cpu": ["spconv>=2.3,<2.4"],

@@ -38,6 +38,9 @@ class EvalReport:
     scans: int
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    # (S, C, C) one matrix per scan, in file order, when asked for (``per_scan=True``): a
+    # bootstrap over validation scans (pvd_core.paired_stats) resamples these.
+    scan_matrices: Optional[np.ndarray] = None
 
     @property
     def miou_percent(self) -> Optional[float]:
@@ -66,14 +69,19 @@ class EvalReport:
 
 
 def evaluate_files(segmenter: "Segmenter", files: ScanFiles, kind: str, label_map: LabelMap,
-                   progress: bool = True, desc: str = "eval", rank: int = 0, world_size: int = 1
-                   ) -> EvalReport:
+                   progress: bool = True, desc: str = "eval", rank: int = 0, world_size: int = 1,
+                   per_scan: bool = False) -> EvalReport:
     """Segment every (points, labels) pair in ``files`` and accumulate one confusion matrix.
 
     Files without labels are an error: a metric over unlabelled scans would be silently empty.
+    ``per_scan`` also keeps each scan's matrix (single process only: ranks would each hold
+    a strided share of the scans).
     """
     if not files:
         raise ValueError(f"{desc}: no scans to evaluate")
+    if per_scan and world_size > 1:
+        raise ValueError(f"{desc}: per_scan matrices need a single process (world_size {world_size})")
+    scan_matrices: list[np.ndarray] = []
     start = time.perf_counter()
     cm = ConfusionMatrix(label_map.num_classes)
     mine = files[rank::world_size]
@@ -82,10 +90,17 @@ def evaluate_files(segmenter: "Segmenter", files: ScanFiles, kind: str, label_ma
             raise ValueError(f"{points_path}: no label file; evaluation needs labelled scans")
         points, labels = read_scan(kind, Path(points_path), Path(labels_path), label_map)
         pred = segmenter.segment(points).labels
-        cm.update(np.asarray(pred, dtype=np.int64), labels.astype(np.int64))
+        if per_scan:
+            one = ConfusionMatrix(label_map.num_classes)
+            one.update(np.asarray(pred, dtype=np.int64), labels.astype(np.int64))
+            scan_matrices.append(one.matrix)
+            cm.merge(one)
+        else:
+            cm.update(np.asarray(pred, dtype=np.int64), labels.astype(np.int64))
     cm.all_reduce()
     return EvalReport(matrix=cm.matrix.copy(), result=cm.result(), class_names=list(label_map.class_names),
-                      scans=len(files), seconds=time.perf_counter() - start)
+                      scans=len(files), seconds=time.perf_counter() - start,
+                      scan_matrices=np.stack(scan_matrices) if per_scan else None)
 
 
 def split_subset(cfg, split: str, max_scans: int = 0) -> ScanFiles:

@@ -1,0 +1,127 @@
+"""Paired statistics for "does arm B beat arm A": the distillation benchmark's verdict.
+
+A pair is two runs that differ in one thing only (baseline vs PVD student, same seed =
+same initialisation, data order and augmentation), so the per-pair difference cancels
+most of the seed-to-seed variance that swamped single-seed comparisons (issue 11: three
+seeds, gain +0.69 +- 1.61, a CI of about [-3.3, +4.7]). Two questions, two tools:
+
+- :func:`paired_t`: is the mean gain over *training seeds* different from 0? Paired-t
+  95 % CI and two-sided p-value (``scipy.stats``, not hand-written t quantiles).
+- :func:`bootstrap_gain_ci`: how much of the gain could the *validation scans* have
+  produced? Scans are resampled with replacement (the same draw for every model, so the
+  pairing is kept), the confusion matrices of the drawn scans are summed and mIoU is
+  recomputed over a *fixed* class list with :func:`pvd_core.metrics.compute_iou` (the
+  one mIoU rule). It conditions on the trained models, so it is narrower than the t CI
+  whenever seeds vary more than scans; report both.
+
+:func:`decision` is the sequential stopping rule of the benchmark: stop once the CI is
+decisive (lower bound > 0: PVD helps; upper bound < the margin: PVD's gain is below the
+worth-having threshold), never before ``min_pairs``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from pvd_core.metrics import compute_iou
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    """Summary of paired differences d_i = treated_i - baseline_i."""
+
+    n: int
+    mean: float  # mean of d (nan when n == 0)
+    stdev: float  # sample standard deviation of d (nan when n < 2)
+    ci95: tuple[float, float]  # paired-t CI of the mean of d (nan, nan when n < 2)
+    p_value: float  # two-sided paired-t p-value for mean(d) == 0 (nan when n < 2 or stdev == 0 and mean == 0)
+
+
+def paired_t(baseline: Sequence[float], treated: Sequence[float], confidence: float = 0.95) -> PairedResult:
+    """Paired-t summary of ``treated - baseline`` (the two lists are aligned pair by pair).
+
+    With zero spread the CI collapses to the mean and the p-value is 0 (or nan when the
+    mean is 0 too): scipy's answer for a degenerate sample, kept rather than invented.
+    """
+    from scipy import stats
+
+    a = np.asarray(baseline, dtype=np.float64)
+    b = np.asarray(treated, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired_t: baseline {a.shape} and treated {b.shape} must be equal-length 1-D sequences")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"paired_t: confidence must lie in (0, 1), got {confidence}")
+    d = b - a
+    n = int(d.size)
+    if n == 0:
+        return PairedResult(0, math.nan, math.nan, (math.nan, math.nan), math.nan)
+    mean = float(d.mean())
+    if n < 2:
+        return PairedResult(n, mean, math.nan, (math.nan, math.nan), math.nan)
+    sd = float(d.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, df=n - 1)) * sd / math.sqrt(n)
+    if sd == 0.0:
+        p = math.nan if mean == 0.0 else 0.0
+    else:
+        p = float(stats.ttest_rel(b, a).pvalue)
+    return PairedResult(n, mean, sd, (mean - half, mean + half), p)
+
+
+def decision(ci95: tuple[float, float], n: int, min_pairs: int = 8, margin: float = 1.5) -> Optional[str]:
+    """The sequential rule: 'gain' (lo > 0), 'below_margin' (hi < margin) or None (keep going).
+
+    Both can hold at once (a small but certain gain); 'gain' wins, as it is the claim the
+    benchmark exists to test. Below ``min_pairs`` pairs the answer is always None: a CI
+    from 2-3 pairs is too fragile (its width rests on a 2-3 point stdev) to stop on.
+    """
+    lo, hi = ci95
+    if n < min_pairs or math.isnan(lo) or math.isnan(hi):
+        return None
+    if lo > 0:
+        return "gain"
+    if hi < margin:
+        return "below_margin"
+    return None
+
+
+def bootstrap_gain_ci(baseline_scans: Sequence[np.ndarray], treated_scans: Sequence[np.ndarray],
+                      classes: Sequence[int], n_resamples: int = 2000, seed: int = 0,
+                      confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI (mIoU percent) of the mean paired gain, resampling validation scans.
+
+    ``baseline_scans[i]`` / ``treated_scans[i]`` are the per-scan confusion matrices
+    (S, C, C) of pair i's two models on the same S validation scans, in the same order.
+    Each replicate draws S scan indices with replacement, applies the same draw to every
+    model, and computes mean_i [mIoU(treated_i) - mIoU(baseline_i)] over ``classes``.
+    ``classes`` must be fixed (the classes of the full validation ground truth): letting a
+    replicate's class set vary would mix the metric change into the resampling noise.
+    """
+    if len(baseline_scans) != len(treated_scans) or not baseline_scans:
+        raise ValueError(f"bootstrap_gain_ci: {len(baseline_scans)} baseline and {len(treated_scans)} treated "
+                         "models; give one per-scan matrix stack per model of each pair")
+    stacks = [np.asarray(m, dtype=np.int64) for m in list(baseline_scans) + list(treated_scans)]
+    shape = stacks[0].shape
+    if len(shape) != 3 or shape[1] != shape[2] or any(s.shape != shape for s in stacks):
+        raise ValueError(f"bootstrap_gain_ci: every stack must be (S, C, C) of one shape, got "
+                         f"{sorted({s.shape for s in stacks})}")
+    if not classes:
+        raise ValueError("bootstrap_gain_ci: classes must name at least one class")
+    num_scans, c = shape[0], shape[1]
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, num_scans, size=(int(n_resamples), num_scans))
+    # Scan multiplicities per replicate, then one matrix product per model: (B, S) @ (S, C*C).
+    weights = np.stack([np.bincount(row, minlength=num_scans) for row in draws])
+    pairs = len(baseline_scans)
+    gains = np.zeros(int(n_resamples))
+    for i in range(pairs):
+        base = (weights @ stacks[i].reshape(num_scans, c * c)).reshape(-1, c, c)
+        treat = (weights @ stacks[pairs + i].reshape(num_scans, c * c)).reshape(-1, c, c)
+        for r in range(int(n_resamples)):
+            gains[r] += compute_iou(treat[r], classes).miou - compute_iou(base[r], classes).miou
+    gains *= 100.0 / pairs
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(gains, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)

@@ -1,0 +1,94 @@
+"""Paired statistics and fidelity (pvd_core.paired_stats, pvd_core.fidelity) against values
+worked out by hand, so the distillation benchmark's verdict rests on checked arithmetic."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pvd_core.fidelity import FidelityMeter
+from pvd_core.paired_stats import bootstrap_gain_ci, decision, paired_t
+
+
+def test_paired_t_hand_computed():
+    # d = [1, 2, 0]: mean 1, sample stdev 1. With df = 2 the t CDF is closed-form,
+    # F(t) = 1/2 + t / (2 sqrt(2 + t^2)), so the 97.5 % quantile q solves q / sqrt(2 + q^2) = 0.95
+    # and the two-sided p-value of t = mean / (sd / sqrt 3) = sqrt 3 is 1 - sqrt(3 / 5).
+    r = paired_t([1.0, 2.0, 3.0], [2.0, 4.0, 3.0])
+    q = 0.95 * math.sqrt(2.0 / (1.0 - 0.95 ** 2))
+    assert r.n == 3 and r.mean == pytest.approx(1.0) and r.stdev == pytest.approx(1.0)
+    assert r.ci95[0] == pytest.approx(1.0 - q / math.sqrt(3), rel=1e-9)
+    assert r.ci95[1] == pytest.approx(1.0 + q / math.sqrt(3), rel=1e-9)
+    assert r.p_value == pytest.approx(1.0 - math.sqrt(3.0 / 5.0), rel=1e-9)
+    # The sign follows treated - baseline.
+    assert paired_t([2.0, 4.0, 3.0], [1.0, 2.0, 3.0]).mean == pytest.approx(-1.0)
+
+
+def test_paired_t_degenerate_samples():
+    one = paired_t([1.0], [3.0])
+    assert one.n == 1 and one.mean == 2.0 and math.isnan(one.ci95[0]) and math.isnan(one.p_value)
+    flat = paired_t([1.0, 2.0], [2.0, 3.0])  # every pair +1: no spread
+    assert flat.ci95 == (1.0, 1.0) and flat.p_value == 0.0
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_t([1.0, 2.0], [1.0])
+
+
+def test_decision_rule():
+    assert decision((0.2, 3.0), n=8) == "gain"
+    assert decision((-1.0, 1.4), n=8) == "below_margin"
+    assert decision((0.1, 1.0), n=9) == "gain"  # both hold: the gain is the claim tested
+    assert decision((-1.0, 2.0), n=12) is None
+    assert decision((0.2, 3.0), n=7) is None  # never before min_pairs
+    assert decision((math.nan, math.nan), n=10) is None
+
+
+def _matrix(entries: dict[tuple[int, int], int]) -> np.ndarray:
+    m = np.zeros((3, 3), dtype=np.int64)
+    for (g, p), n in entries.items():
+        m[g, p] = n
+    return m
+
+
+def test_bootstrap_gain_ci_hand_computed():
+    # Two scans, two classes. Scan A: both models perfect (gain 0). Scan B: the baseline puts one
+    # of two class-1 points in class 2, the treated model is perfect. Resampling 2 scans gives
+    # AA (p 1/4, gain 0), AB (1/2) or BB (1/4, = B alone): baseline IoU_1 = 2/4, IoU_2 = 4/6,
+    # mIoU 7/12, gain 100 * 5/12. So the 2.5 % and 97.5 % quantiles are exactly 0 and 500/12.
+    perfect = _matrix({(1, 1): 2, (2, 2): 2})
+    flawed = _matrix({(1, 1): 1, (1, 2): 1, (2, 2): 2})
+    base = np.stack([perfect, flawed])
+    treated = np.stack([perfect, perfect])
+    lo, hi = bootstrap_gain_ci([base], [treated], classes=[1, 2], n_resamples=4000, seed=0)
+    assert lo == pytest.approx(0.0, abs=1e-9) and hi == pytest.approx(500.0 / 12.0, rel=1e-9)
+    # Identical scans: every replicate is the full-data gain, the CI collapses onto it.
+    lo, hi = bootstrap_gain_ci([np.stack([flawed] * 3)], [np.stack([perfect] * 3)], classes=[1, 2],
+                               n_resamples=50)
+    assert lo == pytest.approx(500.0 / 12.0) and hi == pytest.approx(500.0 / 12.0)
+    # Two pairs: the mean over pairs (here 0 and 500/12 on identical scans).
+    lo, hi = bootstrap_gain_ci([np.stack([flawed] * 2), np.stack([perfect] * 2)],
+                               [np.stack([perfect] * 2)] * 2, classes=[1, 2], n_resamples=20)
+    assert lo == pytest.approx(250.0 / 12.0) and hi == pytest.approx(250.0 / 12.0)
+    with pytest.raises(ValueError, match="one shape"):
+        bootstrap_gain_ci([base], [treated[:1]], classes=[1, 2])
+
+
+def test_fidelity_meter_hand_computed():
+    # Class 0 is never predicted (the Segmenter's rule): row 2's teacher label is 1, not 0.
+    teacher = torch.tensor([[0.0, math.log(3.0), 0.0], [0.0, 0.0, 2.0], [9.0, 1.0, 0.0]])
+    student = torch.tensor([[0.0, math.log(2.0), 0.0], [0.0, 0.0, 2.0], [0.0, 0.0, 1.0]])
+    meter = FidelityMeter()
+    meter.update(student[:2], teacher[:2])  # accumulated over two updates, as over two scans
+    meter.update(student[2:], teacher[2:])
+    got = meter.result()
+    # Labels: teacher 1, 2, 1; student 1, 2, 2 -> agreement 2/3.
+    # Row 0: p = [1, 3, 1] / 5, q = [1, 2, 1] / 4. Row 1: p = q, KL 0. Row 2 by the definition.
+    p0, q0 = np.array([1.0, 3.0, 1.0]) / 5.0, np.array([1.0, 2.0, 1.0]) / 4.0
+    p2 = np.exp([9.0, 1.0, 0.0]) / np.exp([9.0, 1.0, 0.0]).sum()
+    q2 = np.exp([0.0, 0.0, 1.0]) / np.exp([0.0, 0.0, 1.0]).sum()
+    kl0, kl2 = float((p0 * np.log(p0 / q0)).sum()), float((p2 * np.log(p2 / q2)).sum())
+    assert got.points == 3 and got.agreement == pytest.approx(2.0 / 3.0)
+    assert got.kl == pytest.approx((kl0 + kl2) / 3, rel=1e-5)
+    with pytest.raises(ValueError, match="no points"):
+        FidelityMeter().result()
