@@ -139,8 +139,15 @@ class TrainConfig:
     # same per point whatever the grid, so on the CPU this sets the step time of a 120 k-point
     # HDL-64 scan. Validation and evaluation always score every point.
     max_points: int = 0
+    # Exponential moving average of the weights (pvd_core/training/ema.py): 0 = off; d in (0, 1)
+    # keeps an average updated after every step and writes it as RUN_DIR/ema.pt next to last.pt
+    # (resumable: the average is part of last.pt's train_state). Scores a run without the noise
+    # of where its last step landed.
+    ema_decay: float = 0.0
 
     def validate(self, where: str) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"{where}.ema_decay must be 0 (off) or lie in (0, 1), got {self.ema_decay}")
         for name in ("batch_size", "max_steps", "log_every", "val_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{where}.{name} must be >= 1, got {getattr(self, name)}")

@@ -2,6 +2,8 @@
 draws, and PVDLoss end to end on synthetic outputs and on a real voxelized scan."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from pvd_core.data.batch import Batch, collate_scans
 from pvd_core.losses.distillation import PVDLoss, affinity_loss, draw_members, kl_distillation
 from pvd_core.losses.supervoxel import class_weights_from_counts, supervoxel_ids
 from pvd_core.models.outputs import SegOutput
+from test_train import one_thread  # noqa: F401  (fixture: one torch thread for the real-model tests)
 
 SHAPE = [32, 32, 8]
 C = 6
@@ -146,8 +149,37 @@ def test_pvd_loss_terms_total_and_teacher_isolation():
     loss = PVDLoss(cfg, SHAPE, rho_max=50.0, class_weights=CLASS_WEIGHTS)
     terms = loss(student, teacher, batch, torch.Generator().manual_seed(0))
     assert set(terms) == {"out_p", "out_v", "aff_p", "aff_v", "pvd"}
-    for name in ("out_p", "out_v", "aff_p", "aff_v"):
-        assert terms[name].item() > 0, name
+    # Each term against its definition, computed here from torch primitives: the KL with
+    # F.kl_div at T = 2, the affinities over the very members the loss drew (replayed from
+    # the same generator seed: supervoxel draw, then point members, then voxel members).
+    def ref_kl(s, t):
+        return float(F.kl_div(F.log_softmax(s / 2.0, 1), F.log_softmax(t / 2.0, 1), reduction="batchmean",
+                              log_target=True)) * 4.0
+
+    def ref_aff(fs, ft, groups):
+        total = 0.0
+        for g in groups:
+            us, ut = F.normalize(fs[g], dim=1), F.normalize(ft[g], dim=1)
+            total += float(((us @ us.T - ut @ ut.T) ** 2).mean())
+        return total / len(groups)
+
+    gen = torch.Generator().manual_seed(0)
+    vsv = supervoxel_ids(batch.voxel_coords, SHAPE, cfg.supervoxel)
+    psv = vsv[batch.point_to_voxel.long()]
+    from pvd_core.losses.supervoxel import num_supervoxels, sample_supervoxels, supervoxel_weights
+    weights = supervoxel_weights(psv, batch.point_labels, batch.point_features[:, 3], num_supervoxels(2, SHAPE, cfg.supervoxel),
+                                 CLASS_WEIGHTS, min_points=cfg.min_points, rho_max=50.0)
+    chosen = sample_supervoxels(weights, cfg.num_supervoxels, gen)
+    p_groups = draw_members(psv, chosen, cfg.points_per_supervoxel, gen)
+    v_groups = draw_members(vsv, chosen, cfg.voxels_per_supervoxel, gen)
+    with torch.no_grad():
+        assert terms["out_p"].item() == pytest.approx(ref_kl(student.point_logits, teacher.point_logits), rel=1e-5)
+        assert terms["out_v"].item() == pytest.approx(ref_kl(student.voxel_logits, teacher.voxel_logits), rel=1e-5)
+        assert terms["aff_p"].item() == pytest.approx(
+            ref_aff(student.point_features, teacher.point_features, p_groups), rel=1e-5)
+        assert terms["aff_v"].item() == pytest.approx(
+            ref_aff(student.voxel_features, teacher.voxel_features, v_groups), rel=1e-5)
+    assert [len(g) for g in p_groups] == [min(16, int((psv == k).sum())) for k in chosen.tolist()]
     want = 1.0 * terms["out_p"] + 0.5 * terms["out_v"] + 2.0 * terms["aff_p"] + 3.0 * terms["aff_v"]
     assert terms["pvd"].item() == pytest.approx(want.item(), rel=1e-6)
     assert loss.last_supervoxels is not None and loss.last_supervoxels.numel() == 4
@@ -240,6 +272,12 @@ def test_pvd_loss_on_a_real_voxelized_scan(real_scan_path, real_label_path):
     terms = loss(out(8, True), out(16, False), batch, torch.Generator().manual_seed(0))
     assert loss.last_supervoxels.numel() == 6
     assert all(torch.isfinite(v) and v.item() > 0 for v in terms.values())
+    # The pointwise KL (T = 1) is the definition's value on these rows, not merely positive.
+    s_out, t_out = out(8, True), out(16, False)
+    terms = loss(s_out, t_out, batch, torch.Generator().manual_seed(0))
+    want = float(F.kl_div(F.log_softmax(s_out.point_logits.detach(), 1), F.log_softmax(t_out.point_logits, 1),
+                          reduction="batchmean", log_target=True))
+    assert terms["out_p"].item() == pytest.approx(want, rel=1e-5)
     # The drawn supervoxels hold points and, under 'difficulty', at least one class with min_points.
     vsv = supervoxel_ids(batch.voxel_coords, grid.size, cfg.supervoxel)
     psv = vsv[batch.point_to_voxel]
@@ -247,3 +285,156 @@ def test_pvd_loss_on_a_real_voxelized_scan(real_scan_path, real_label_path):
         in_k = batch.point_labels[psv == k]
         assert in_k.numel() > 0
         assert (torch.bincount(in_k[in_k > 0], minlength=nc) >= cfg.min_points).any()
+
+
+# ---------------------------------------------------------------- known values, by hand
+def test_kl_distillation_hand_computed_values():
+    # Teacher p = softmax([ln 3, 0]) = [3/4, 1/4], student q = [1/2, 1/2]:
+    # KL(p || q) = 3/4 ln(3/2) + 1/4 ln(1/2).
+    s = torch.zeros(1, 2)
+    t = torch.tensor([[math.log(3.0), 0.0]])
+    assert float(kl_distillation(s, t, 1.0)) == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5), rel=1e-6)
+    # T = 2: p = [sqrt3, 1] / (1 + sqrt3), times T^2 = 4.
+    p0 = math.sqrt(3.0) / (1.0 + math.sqrt(3.0))
+    want = 4.0 * (p0 * math.log(2 * p0) + (1 - p0) * math.log(2 * (1 - p0)))
+    assert float(kl_distillation(s, t, 2.0)) == pytest.approx(want, rel=1e-6)
+    # A mean over rows: a second, identical row pair (KL 0) halves it.
+    both = kl_distillation(torch.cat([s, t]), torch.cat([t, t]), 2.0)
+    assert float(both) == pytest.approx(want / 2, rel=1e-6)
+    # The direction is KL(teacher || student), not the reverse (which is 1/2 ln(2/3) + 1/2 ln 2 at T = 1).
+    assert float(kl_distillation(t, s, 1.0)) == pytest.approx(0.5 * math.log(2 / 3) + 0.5 * math.log(2.0), rel=1e-6)
+
+
+def test_affinity_loss_hand_computed_values():
+    # Group 1: student rows orthogonal (A_s = I), teacher rows equal (A_t = 1): two off-diagonal
+    # errors of 1, ||.||_F^2 / N^2 = 2 / 4. Group 2: student cos = 1/sqrt2, teacher cos = -1:
+    # 2 (1/sqrt2 + 1)^2 / 4. The loss is the mean over groups.
+    s = [torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 1.0]])]
+    t = [torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0], [-3.0, 0.0, 0.0]])]
+    g1, g2 = 0.5, 2 * (1 / math.sqrt(2) + 1) ** 2 / 4
+    assert float(affinity_loss(s, t)) == pytest.approx((g1 + g2) / 2, rel=1e-6)
+    assert float(affinity_loss(s[:1], t[:1])) == pytest.approx(g1, rel=1e-6)
+
+
+# ---------------------------------------------------------------- real models (spconv)
+TINY_GRID = [32, 32, 8]
+
+
+def tiny_model_config(init_size: int):
+    from pvd_core.config import Config
+
+    cfg = Config()
+    cfg.grid.size, cfg.grid.rho, cfg.grid.z = list(TINY_GRID), [0.0, 20.0], [-3.0, 2.0]
+    cfg.model.init_size, cfg.model.num_input_features, cfg.model.point_head_dims = init_size, 8, [32, 16]
+    return cfg
+
+
+def tiny_models_and_batch(points: int = 500):
+    """A random teacher (init_size 4, point-head layers scaled up so its argmax is confident and
+    varies from point to point) and an untrained student (init_size 2) on one voxelized scan, no labels."""
+    from pvd_core.models.cylinder3d import build_model
+    from pvd_core.voxelizer import CylindricalVoxelizer
+
+    tcfg, scfg = tiny_model_config(4), tiny_model_config(2)
+    torch.manual_seed(0)
+    teacher = build_model(tcfg).eval()
+    with torch.no_grad():  # eval-mode BN does not renormalise: scaled layers spread the logits
+        for layer in teacher.point_head.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.mul_(15.0)
+    torch.manual_seed(1)
+    student = build_model(scfg).train()
+    rng = np.random.default_rng(0)
+    r, a = rng.uniform(2, 19, points), rng.uniform(-np.pi, np.pi, points)
+    xyzi = np.stack([r * np.cos(a), r * np.sin(a), rng.uniform(-2.5, 1.5, points), rng.uniform(0, 1, points)], 1)
+    batch = collate_scans([CylindricalVoxelizer(tcfg.grid)(xyzi.astype(np.float32))], tcfg.grid.size)
+    return teacher, student, batch
+
+
+def kd_cfg(**kw) -> DistillConfig:
+    base = dict(enabled=True, supervoxel=[16, 16, 4], num_supervoxels=2, points_per_supervoxel=16,
+                voxels_per_supervoxel=16)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def test_kd_only_training_raises_agreement_with_the_teacher(one_thread):
+    """PVD terms alone, no labels, one fixed batch: the student must come to predict what the
+    teacher predicts (eval mode, the Segmenter's top-1 rule), well beyond the teacher's majority
+    class, and KL(teacher || student) must fall. Fails if gradients do not reach the student,
+    the KL points the wrong way, or the teacher is not what the student is pulled towards."""
+    from pvd_core.fidelity import FidelityMeter
+
+    teacher, student, batch = tiny_models_and_batch()
+    assert batch.point_labels is None
+    with torch.no_grad():
+        t_out = teacher(batch)
+    t_label = t_out.point_logits[:, 1:].argmax(1) + 1
+    majority = float(torch.bincount(t_label).max()) / batch.num_points
+
+    def fidelity():
+        student.eval()
+        meter = FidelityMeter()
+        with torch.no_grad():
+            meter.update(student(batch).point_logits, t_out.point_logits)
+        student.train()
+        return meter.result()
+
+    before = fidelity()
+    loss = PVDLoss(kd_cfg(alpha_p=5.0, alpha_v=5.0), TINY_GRID, 20.0, class_weights_from_counts(np.ones(20)))
+    opt = torch.optim.Adam(student.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        terms = loss(student(batch), t_out, batch, gen)
+        opt.zero_grad()
+        terms["pvd"].backward()
+        opt.step()
+    after = fidelity()
+    assert majority < 0.6  # the teacher's labels vary: a constant student cannot pass
+    assert after.agreement >= 0.7 and after.agreement > before.agreement + 0.4, (before, after, majority)
+    assert after.kl < 0.5 * before.kl, (before, after)
+
+
+# Which student modules each PVD term must reach (METHOD.md 2 and 4): the voxel logits come
+# from the voxel head (``logits``) after DDCM (``ReconNet``); the point logits from the point
+# head, whose 64-d penultimate (``hidden``) gives the point features; the voxel features are the
+# last decoder output. All of them sit on the UNet and the point feature generator.
+BACKBONE = ["cylinder_3d_generator.PPmodel", "cylinder_3d_generator.fea_compression",
+            "cylinder_3d_spconv_seg.downCntx", "cylinder_3d_spconv_seg.resBlock2", "cylinder_3d_spconv_seg.resBlock5",
+            "cylinder_3d_spconv_seg.upBlock0", "cylinder_3d_spconv_seg.upBlock3"]
+REACH = {
+    "out_p": (BACKBONE + ["point_head.hidden", "point_head.classifier"],
+              ["cylinder_3d_spconv_seg.logits", "cylinder_3d_spconv_seg.ReconNet"]),
+    "out_v": (BACKBONE + ["cylinder_3d_spconv_seg.ReconNet", "cylinder_3d_spconv_seg.logits"],
+              ["point_head.hidden", "point_head.classifier"]),
+    "aff_p": (BACKBONE + ["point_head.hidden"],
+              ["point_head.classifier", "cylinder_3d_spconv_seg.logits", "cylinder_3d_spconv_seg.ReconNet"]),
+    "aff_v": (BACKBONE, ["point_head.hidden", "point_head.classifier", "cylinder_3d_spconv_seg.logits",
+                         "cylinder_3d_spconv_seg.ReconNet"]),
+}
+
+
+@pytest.mark.parametrize("term", sorted(REACH))
+def test_each_pvd_term_reaches_its_student_modules_and_never_the_teacher(term, one_thread):
+    teacher, student, batch = tiny_models_and_batch(points=300)
+    # The teacher is left trainable and run *with* autograd on purpose: the loss itself must
+    # keep every gradient off it, whatever the caller forgot.
+    teacher.requires_grad_(True)
+    weights = {"out_p": "alpha_p", "out_v": "alpha_v", "aff_p": "beta_p", "aff_v": "beta_v"}
+    cfg = kd_cfg(**{w: (1.0 if t == term else 0.0) for t, w in weights.items()})
+    terms = PVDLoss(cfg, TINY_GRID, 20.0, class_weights_from_counts(np.ones(20)))(
+        student(batch), teacher(batch), batch, torch.Generator().manual_seed(0))
+    assert terms[term].item() > 0
+    terms["pvd"].backward()
+
+    def reached(model, prefix):
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith(prefix + ".")]
+        assert grads, f"no parameters under {prefix}"
+        return any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+
+    must, must_not = REACH[term]
+    for prefix in must:
+        assert reached(student, prefix), f"{term} does not reach student {prefix}"
+    for prefix in must_not:
+        assert not reached(student, prefix), f"{term} reaches student {prefix}, which it should not"
+    assert all(p.grad is None for p in teacher.parameters()), f"{term} sent a gradient to the teacher"

@@ -13,6 +13,8 @@ Run directory layout (``--out RUN_DIR``)::
     RUN_DIR/last.pt            latest checkpoint, with train_state (optimizer, scheduler, step,
                                epoch, batch within the epoch, best mIoU, RNG states)
     RUN_DIR/best.pt            best validation mIoU so far (no train_state)
+    RUN_DIR/ema.pt             train.ema_decay > 0 only: the EMA of the weights, written with last.pt
+                               (no train_state; in-training validation still scores the live weights)
     RUN_DIR/class_counts.json  distill only: labelled points per class of the training split,
                                computed once and reused on resume (also in checkpoint meta)
     RUN_DIR/eval/              val_last.json, val_best.json and val_best_confusion.png from
@@ -54,6 +56,7 @@ from pvd_core.losses.segmentation import segmentation_loss
 from pvd_core.losses.supervoxel import class_weights_from_counts
 from pvd_core.models.cylinder3d import build_model
 from pvd_core.training import distributed
+from pvd_core.training.ema import WeightEMA
 from pvd_core.training.resume import capture_rng_state, restore_rng_state, seed_everything
 from pvd_core.training.run_log import MetricsLog, plot_curves
 from pvd_core.training.schedule import build_optimizer, build_scheduler
@@ -211,6 +214,7 @@ class Trainer:
         self.model = distributed.wrap_ddp(model, self.device, cfg.train.sync_batchnorm) if self.env.enabled else model
         self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.ema = WeightEMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
         self.train_set = ScanDataset(cfg, "train", augment=True, max_points=cfg.train.max_points)
         if len(self.train_set) == 0:
@@ -306,6 +310,7 @@ class Trainer:
             "world_size": self.env.world_size,
             # one RNG state per rank (the PVD generator is seeded per rank)
             "rng": distributed.gather_objects(capture_rng_state(self.generator)),
+            "ema": None if self.ema is None else self.ema.state_dict(),
         }
 
     def _save(self, path: Path, train_state: Optional[dict[str, Any]] = None) -> None:
@@ -320,6 +325,10 @@ class Trainer:
         self.raw_model.load_state_dict(ckpt.model_state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if not state.get("ema"):
+                raise TrainError(f"--resume: {self.last_path} holds no weight average (train.ema_decay was 0)")
+            self.ema.load_state_dict(state["ema"])
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
@@ -390,6 +399,8 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.raw_model)
         return {k: float(v.detach()) for k, v in terms.items()}
 
     def _epoch_batches(self):
@@ -460,6 +471,9 @@ class Trainer:
                         state = self._train_state()  # collective under DDP: every rank calls it
                         if self.is_main:
                             self._save(self.last_path, state)
+                            if self.ema is not None:
+                                save_checkpoint(self.out_dir / "ema.pt", self.ema.as_module(self.raw_model),
+                                                self.cfg, self.label_map, self._meta() | {"ema_decay": self.ema.decay})
                         distributed.barrier()
                     if self.step >= max_steps:
                         finished_epoch = False
