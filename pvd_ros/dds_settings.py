@@ -1,0 +1,58 @@
+"""Will this process's DDS settings reach peers that run with Fast DDS's defaults?
+
+A LiDAR driver, rviz2 or ``ros2 topic echo`` usually runs with no DDS settings at all. What was
+measured between real processes (bench/dds_interop.py, bench/results/dds_interop.json):
+
+- ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` on one side only: the processes discover each
+  other, but no data flows either way (not even the latched ``~/ready``).
+- Default transports on both sides: most 2 MB best-effort scans from the driver are lost.
+- ``config/fastdds_large_clouds.xml`` (``FASTDDS_DEFAULT_PROFILES_FILE``) on the node only:
+  default peers' scans arrive and default subscribers get the answers.
+- ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``: 2 MB clouds got no answer (ROS.md).
+
+:func:`transport_warnings` turns a process environment into the warnings that apply;
+:func:`warn_about_transport` logs them (segment_node calls it once at start).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+SHIPPED_PROFILE = "fastdds_large_clouds.xml"
+_FIX = (f"start the node with FASTDDS_DEFAULT_PROFILES_FILE=<share/pvd_ros/config/{SHIPPED_PROFILE}> "
+        "(launch/segment.launch.py does) and no FASTDDS_BUILTIN_TRANSPORTS")
+
+
+def transport_warnings(environ: Optional[Mapping[str, str]] = None) -> list[str]:
+    """Reasons why 2 MB clouds would not pass between this process and default-configured peers."""
+    env = os.environ if environ is None else environ
+    rmw = env.get("RMW_IMPLEMENTATION", "") or "rmw_fastrtps_cpp"
+    warnings: list[str] = []
+    if env.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "").upper() == "LOCALHOST":
+        warnings.append("ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST: 2 MB clouds got no answer in tests; "
+                        "leave it unset (SUBNET) for LiDAR-sized messages")
+    if not rmw.startswith("rmw_fastrtps"):
+        return warnings  # the Fast DDS settings below do not apply to other RMWs
+    builtin = env.get("FASTDDS_BUILTIN_TRANSPORTS", "").strip().upper()
+    if builtin and builtin not in ("DEFAULT", "DEFAULTV6"):
+        warnings.append(f"FASTDDS_BUILTIN_TRANSPORTS={builtin}: peers on Fast DDS's default transports "
+                        f"(a LiDAR driver, rviz2, ros2 topic echo) discover this node but exchange no data "
+                        f"with it unless they set the same; {_FIX}")
+    profiles = [(name, env[name]) for name in PROFILE_VARIABLES if env.get(name)]
+    missing = [f"{name}={value}" for name, value in profiles if not Path(value).is_file()]
+    if missing:
+        warnings.append(f"{', '.join(missing)}: no such file, Fast DDS falls back to its defaults")
+    if not builtin and len(missing) == len(profiles):
+        warnings.append("Fast DDS default transports: a default peer's 2 MB best-effort scans are mostly "
+                        f"lost on the way to this node; {_FIX}")
+    return warnings
+
+
+def warn_about_transport(logger: Any, environ: Optional[Mapping[str, str]] = None) -> list[str]:
+    """Log each of :func:`transport_warnings` with ``logger.warning``; return them."""
+    warnings = transport_warnings(environ)
+    for message in warnings:
+        logger.warning(message)
+    return warnings

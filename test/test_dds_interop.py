@@ -1,0 +1,73 @@
+"""Default-configured peers and segment_node exchange 2 MB clouds under the shipped DDS set-up.
+
+Real processes over real DDS (bench/dds_interop.py does the work): a driver process publishes
+the real 123 389-point scan best-effort, a viewer process subscribes to the labelled cloud
+reliably (as RViz), both with every DDS variable removed from their environment; only the
+node gets what launch/segment.launch.py gives it (config/fastdds_large_clouds.xml). Measured
+with the bench: on Fast DDS defaults most scans never reach the node, and with the previous
+FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA nothing at all flows, so this fails on either.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+from pvd_ros.dds_settings import transport_warnings
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "config" / "fastdds_large_clouds.xml"
+FRAMES = 3
+
+
+@pytest.fixture(scope="module")
+def bench():
+    pytest.importorskip("rclpy", reason="rclpy is not installed")
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import dds_interop
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    return dds_interop
+
+
+@pytest.mark.timeout(400)
+def test_default_peers_exchange_2mb_clouds_with_the_node(bench, tiny_checkpoint, real_scan_path, tmp_path):
+    args = argparse.Namespace(scan=real_scan_path, frames=FRAMES, period=0.1, ready_timeout=90.0, lockstep=True)
+    run = bench.measure(f"profile={PROFILE.relative_to(REPO)}", "default", tiny_checkpoint, args,
+                        domain_id=150 + (id(args) >> 4) % 60, workdir=tmp_path)
+    detail = f"{run['node_counters']} node log: {run['node_log_tail']}"
+    assert run["published"] == FRAMES
+    assert run["ready_received_by_driver"], "the latched ~/ready did not reach a default-configured process: " + detail
+    assert run["node_counters"].get("received") == str(FRAMES), "scans lost on the way to the node: " + detail
+    # Every answer is the full 123 389-point cloud, one per published stamp.
+    assert run["answered_stamps"] == list(range(1, FRAMES + 1)), detail
+
+
+def test_profile_is_a_fast_dds_participant_profile_for_the_default():
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(PROFILE).getroot()
+    ns = {"d": "http://www.eprosima.com"}
+    participant = root.find("d:profiles/d:participant", ns)
+    assert participant is not None and participant.get("is_default_profile") == "true"
+    segments = [int(e.text) for e in root.iter("{http://www.eprosima.com}segment_size")]
+    assert segments and min(segments) >= 4 * 3_500_000  # several 3.5 MB labelled clouds in flight
+
+
+@pytest.mark.parametrize("env, expect", [
+    ({"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}, []),
+    ({"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE), "RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, []),
+    ({"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}, ["FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA"]),
+    ({}, ["Fast DDS default transports"]),
+    ({"FASTDDS_DEFAULT_PROFILES_FILE": "/nonexistent.xml"}, ["no such file", "Fast DDS default transports"]),
+    ({"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"},
+     ["ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST"]),
+])
+def test_node_warns_when_its_transport_settings_miss_default_peers(env, expect):
+    warnings = transport_warnings(env)
+    assert len(warnings) == len(expect), warnings
+    for message, words in zip(warnings, expect):
+        assert words in message
