@@ -3,22 +3,106 @@
     ros2 launch pvd_ros segment.launch.py checkpoint:=/path/to/student.pt \
         input_topic:=/velodyne_points rviz:=true fixed_frame:=velodyne
 
-The parameter file is loaded first and the launch arguments override it; the node's
-private topics ~/input/points and ~/output/points are remapped to the given topics.
+The parameter file is loaded first; a launch argument overrides it only when given on the
+command line (``device:=cuda``), so the file's own values (``device: cpu`` in a user's params
+file) take effect otherwise. The node's private topics ~/input/points and ~/output/points are
+remapped to the given topics.
 
-Fast DDS (the default RMW) with its default transports never delivers best-effort samples
-of about 1 MB or more to another process (measured: a 2 MB 64-beam cloud is lost every
-time; see pvd_ros/bag_replay.py). The node is therefore started with
-FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (argument ``dds_transports``); give the LiDAR driver
-the same variable, or run both in one process. Other RMWs ignore the variable.
+DDS: every process this file starts (the node and rviz2) gets the Fast DDS profile
+config/fastdds_large_clouds.xml (argument ``dds_profile``; FASTDDS_DEFAULT_PROFILES_FILE for
+Fast DDS 3 / Kilted, FASTRTPS_DEFAULT_PROFILES_FILE for Fast DDS 2 / Jazzy). With it, peers on
+Fast DDS's default transports (a LiDAR driver, ``ros2 topic echo``) exchange 64-beam clouds
+with the node (bench/dds_interop.py). Other RMWs ignore the variables.
+
+When the node exits (an error such as a bad checkpoint or parameter, or a crash) the whole
+launch shuts down (an OnProcessExit handler emits Shutdown with the exit code as reason), so ``ros2 launch`` does not keep running without it.
+``rviz:=true`` without rviz2 installed fails before starting anything, with one message saying so.
 """
+import os
+
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, SetEnvironmentVariable, Shutdown
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+#: Launch arguments that override the params file when given; empty (their default) leaves it.
+OVERRIDABLE = ("checkpoint", "device")
+SHIPPED_CHECKPOINT = ("models", "synthetic_student_pvd.pt")
+#: Distributions whose Fast DDS 2 reads FASTRTPS_DEFAULT_PROFILES_FILE (FASTDDS_... from Kilted on).
+FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
+
+
+def _params_file_sets(context, name: str) -> bool:
+    """Whether the params file gives parameter ``name`` (to any node)."""
+    import yaml
+
+    with open(context.perform_substitution(LaunchConfiguration("params_file"))) as stream:
+        data = yaml.safe_load(stream) or {}
+    return any(isinstance(node, dict) and name in (node.get("ros__parameters") or {}) for node in data.values())
+
+
+def _given_overrides(context, share) -> dict:
+    """Node parameters from the launch arguments given (non-empty); the params file keeps the rest.
+
+    Without ``checkpoint:=`` and without a checkpoint in the params file, the shipped model runs.
+    """
+    given = context.launch_configurations
+    overrides = {name: given[name] for name in OVERRIDABLE if given.get(name, "")}
+    if "checkpoint" not in overrides and not _params_file_sets(context, "checkpoint"):
+        overrides["checkpoint"] = context.perform_substitution(PathJoinSubstitution([share, *SHIPPED_CHECKPOINT]))
+    return overrides
+
+
+def _rviz2_missing() -> bool:
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    try:
+        get_package_prefix("rviz2")
+    except PackageNotFoundError:
+        return True
+    return False
+
+
+def _start(context, share, use_sim_time):
+    """Start the node (and rviz2), or nothing with one message when rviz2 is asked for but missing."""
+    want_rviz = context.perform_substitution(LaunchConfiguration("rviz")).strip().lower() in ("true", "1", "yes")
+    if want_rviz and _rviz2_missing():  # before any process: nothing is left running
+        raise RuntimeError("rviz:=true but the package 'rviz2' is not installed (sudo apt install "
+                           "ros-$ROS_DISTRO-rviz2, or launch with rviz:=false); nothing was started")
+    segment_node = Node(
+        package="pvd_ros",
+        executable="segment_node",
+        name="segment_node",
+        output="screen",
+        emulate_tty=True,
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {**_given_overrides(context, share), "use_sim_time": use_sim_time},
+        ],
+        remappings=[
+            ("~/input/points", LaunchConfiguration("input_topic")),
+            ("~/output/points", LaunchConfiguration("output_topic")),
+        ],
+    )
+    # The node's exit (a refused start: bad checkpoint or parameter; a crash) ends the whole launch.
+    on_node_exit = RegisterEventHandler(OnProcessExit(
+        target_action=segment_node,
+        on_exit=lambda event, _context: Shutdown(reason=f"segment_node exited with code {event.returncode}")))
+    actions = [on_node_exit, segment_node]
+    if want_rviz:
+        actions.append(Node(
+            package="rviz2",
+            executable="rviz2",
+            name="rviz2",
+            output="screen",
+            arguments=["-d", LaunchConfiguration("rviz_config"), "-f", LaunchConfiguration("fixed_frame")],
+            parameters=[{"use_sim_time": use_sim_time}],
+            remappings=[("/pvd/labelled_points", LaunchConfiguration("output_topic"))],
+        ))
+    return actions
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -27,9 +111,12 @@ def generate_launch_description() -> LaunchDescription:
 
     arguments = [
         DeclareLaunchArgument(
-            "checkpoint", default_value=PathJoinSubstitution([share, "models", "synthetic_student_pvd.pt"]),
-            description="Student checkpoint (.pt) the node runs (the default knows synthetic streets only)"),
-        DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda"),
+            "checkpoint", default_value="",
+            description="Student checkpoint (.pt); empty (default) = the params file's, else the shipped "
+                        "models/synthetic_student_pvd.pt (it knows synthetic streets only)"),
+        DeclareLaunchArgument(
+            "device", default_value="",
+            description="auto | cpu | cuda; empty (default) = the params file's device (auto in segment.yaml)"),
         DeclareLaunchArgument(
             "input_topic", default_value="/velodyne_points", description="PointCloud2 topic to segment"),
         DeclareLaunchArgument(
@@ -46,41 +133,17 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "fixed_frame", default_value="velodyne", description="RViz fixed frame (the clouds' frame_id)"),
         DeclareLaunchArgument(
-            "dds_transports",
-            default_value=EnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", default_value="LARGE_DATA"),
-            description="FASTDDS_BUILTIN_TRANSPORTS for the node (LARGE_DATA carries multi-MB clouds)"),
+            "dds_profile",
+            default_value=EnvironmentVariable(
+                "FASTDDS_DEFAULT_PROFILES_FILE",
+                default_value=PathJoinSubstitution([share, "config", "fastdds_large_clouds.xml"])),
+            description="Fast DDS XML profile for every process started here (sized for 64-beam clouds)"),
     ]
+    # Before any process: SetEnvironmentVariable reaches every process started after it
+    # (additional_env would reach the node alone, and rviz2 would hear nothing from it).
+    dds_environment = [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("dds_profile"))]
+    if os.environ.get("ROS_DISTRO", "") in FAST_DDS_2_DISTROS:  # newer rmw_fastrtps warns on the old name
+        dds_environment.append(SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", LaunchConfiguration("dds_profile")))
 
-    segment_node = Node(
-        package="pvd_ros",
-        executable="segment_node",
-        name="segment_node",
-        output="screen",
-        emulate_tty=True,
-        additional_env={"FASTDDS_BUILTIN_TRANSPORTS": LaunchConfiguration("dds_transports")},
-        parameters=[
-            LaunchConfiguration("params_file"),
-            {
-                "checkpoint": LaunchConfiguration("checkpoint"),
-                "device": LaunchConfiguration("device"),
-                "use_sim_time": use_sim_time,
-            },
-        ],
-        remappings=[
-            ("~/input/points", LaunchConfiguration("input_topic")),
-            ("~/output/points", LaunchConfiguration("output_topic")),
-        ],
-    )
-
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        name="rviz2",
-        output="screen",
-        arguments=["-d", LaunchConfiguration("rviz_config"), "-f", LaunchConfiguration("fixed_frame")],
-        parameters=[{"use_sim_time": use_sim_time}],
-        remappings=[("/pvd/labelled_points", LaunchConfiguration("output_topic"))],
-        condition=IfCondition(LaunchConfiguration("rviz")),
-    )
-
-    return LaunchDescription([*arguments, segment_node, rviz])
+    start = OpaqueFunction(function=_start, args=[share, use_sim_time])
+    return LaunchDescription([*arguments, *dds_environment, start])

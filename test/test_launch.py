@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "segment.launch.py"
 PARAMS_FILE = REPO / "config" / "segment.yaml"
 RVIZ_FILE = REPO / "config" / "segment.rviz"
-REQUIRED_ARGUMENTS = {"checkpoint", "device", "input_topic", "params_file", "use_sim_time", "rviz"}
+REQUIRED_ARGUMENTS = {"checkpoint", "device", "input_topic", "params_file", "use_sim_time", "rviz", "dds_profile"}
 
 
 def _call_name(call: ast.Call) -> str:
@@ -62,6 +62,17 @@ def test_launch_file_declares_the_arguments(tree):
     assert used <= declared, used - declared
 
 
+def _function(tree: ast.Module, name: str) -> ast.FunctionDef:
+    found = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
+    assert len(found) == 1, f"{LAUNCH_FILE}: expected one top-level function {name}()"
+    return found[0]
+
+
+def _declared_default(tree: ast.Module, name: str) -> ast.AST:
+    return _kw([c for c in _calls(tree, "DeclareLaunchArgument") if ast.literal_eval(c.args[0]) == name][0],
+               "default_value")
+
+
 def test_launch_file_runs_the_node_with_params_file_overrides_and_remappings(tree):
     node = _segment_node_call(tree)
     assert ast.literal_eval(_kw(node, "package")) == "pvd_ros"
@@ -70,24 +81,99 @@ def test_launch_file_runs_the_node_with_params_file_overrides_and_remappings(tre
     assert _launch_config_name(parameters.elts[0]) == "params_file"  # the file first, overrides after
     overrides = parameters.elts[1]
     assert isinstance(overrides, ast.Dict)
-    keys = [ast.literal_eval(k) for k in overrides.keys]
-    assert {"checkpoint", "device", "use_sim_time"} <= set(keys)
+    # {**_given_overrides(...), "use_sim_time": ...}: only the launch arguments given override the file.
+    spread = [v for k, v in zip(overrides.keys, overrides.values) if k is None]
+    assert len(spread) == 1 and _call_name(spread[0]) == "_given_overrides"
+    assert [ast.literal_eval(k) for k in overrides.keys if k is not None] == ["use_sim_time"]
     remappings: dict[str, str] = {}
     for pair in _kw(node, "remappings").elts:
         remappings[ast.literal_eval(pair.elts[0])] = _launch_config_name(pair.elts[1])
     assert remappings == {"~/input/points": "input_topic", "~/output/points": "output_topic"}
-    # Multi-MB best-effort clouds need Fast DDS's LARGE_DATA transports between processes.
-    env = _kw(node, "additional_env")
-    assert isinstance(env, ast.Dict)
-    env_map = {ast.literal_eval(k): _launch_config_name(v) for k, v in zip(env.keys, env.values)}
-    assert env_map == {"FASTDDS_BUILTIN_TRANSPORTS": "dds_transports"}
-    default = _kw([c for c in _calls(tree, "DeclareLaunchArgument")
-                   if ast.literal_eval(c.args[0]) == "dds_transports"][0], "default_value")
-    assert _call_name(default) == "EnvironmentVariable" and ast.literal_eval(_kw(default, "default_value")) == "LARGE_DATA"
+
+
+def _run_given_overrides(tree: ast.Module, configurations: dict, params_file: Path) -> dict:
+    """Run the launch file's own _given_overrides / _params_file_sets on launch-like inputs.
+
+    `launch` is not importable here, so LaunchConfiguration and PathJoinSubstitution get
+    stand-ins that resolve the way launch resolves them (a configuration's value, a joined path).
+    """
+    functions = [_function(tree, "_params_file_sets"), _function(tree, "_given_overrides")]
+    constants = [n for n in tree.body if isinstance(n, ast.Assign)
+                 and {t.id for t in n.targets} & {"OVERRIDABLE", "SHIPPED_CHECKPOINT"}]
+    module = ast.Module(body=[*constants, *functions], type_ignores=[])
+    namespace = {"LaunchConfiguration": lambda name: ("config", name),
+                 "PathJoinSubstitution": lambda parts: ("join", tuple(parts))}
+    exec(compile(module, str(LAUNCH_FILE), "exec"), namespace)
+
+    class Context:
+        launch_configurations = {"params_file": str(params_file), **configurations}
+
+        def perform_substitution(self, sub):
+            kind, value = sub
+            return self.launch_configurations[value] if kind == "config" else "/".join(value)
+
+    return namespace["_given_overrides"](Context(), "SHARE")
+
+
+def test_launch_arguments_override_the_params_file_only_when_given(tree, tmp_path):
+    # Defaults are empty ("not given"): the old file's default device 'auto' always overrode the file.
+    for name in ("device", "checkpoint"):
+        assert ast.literal_eval(_declared_default(tree, name)) == "", name
+    user_params = tmp_path / "robot.yaml"
+    user_params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"device": "cpu", "checkpoint": "/r/s.pt"}}}))
+    assert _run_given_overrides(tree, {"device": "", "checkpoint": ""}, user_params) == {}
+    assert _run_given_overrides(tree, {"device": "cuda", "checkpoint": ""}, user_params) == {"device": "cuda"}
+    # segment.yaml has no checkpoint: the shipped model, unless checkpoint:= is given.
+    assert _run_given_overrides(tree, {"device": "", "checkpoint": ""}, PARAMS_FILE) == {
+        "checkpoint": "SHARE/models/synthetic_student_pvd.pt"}
+    assert _run_given_overrides(tree, {"device": "", "checkpoint": "/x.pt"}, PARAMS_FILE) == {"checkpoint": "/x.pt"}
+
+
+def test_every_process_gets_the_dds_profile_and_none_only_its_own(tree):
+    """SetEnvironmentVariable before the processes (rviz2 too), no node-only additional_env."""
+    node = _segment_node_call(tree)
+    assert "additional_env" not in {k.arg for k in node.keywords}
+    sets = {ast.literal_eval(c.args[0]): c for c in _calls(tree, "SetEnvironmentVariable")}
+    assert "FASTDDS_DEFAULT_PROFILES_FILE" in sets and "FASTRTPS_DEFAULT_PROFILES_FILE" in sets
+    assert all(_launch_config_name(c.args[1]) == "dds_profile" for c in sets.values())
+    default = _declared_default(tree, "dds_profile")
+    assert _call_name(default) == "EnvironmentVariable"  # a profile the user set is kept
+    shipped = _kw(default, "default_value")
+    assert [ast.literal_eval(e) for e in shipped.args[0].elts[1:]] == ["config", "fastdds_large_clouds.xml"]
+    assert (REPO / "config" / "fastdds_large_clouds.xml").is_file()
+    # The environment actions come before the OpaqueFunction that starts the processes.
+    description = _calls(tree, "LaunchDescription")[-1].args[0]
+    order = [ast.unparse(e) for e in description.elts]
+    assert order.index("*dds_environment") < order.index("start")
+    assert _call_name(_calls(tree, "OpaqueFunction")[0]) == "OpaqueFunction"
+
+
+def test_node_exit_shuts_the_launch_down(tree):
+    handlers = _calls(tree, "OnProcessExit")
+    assert len(handlers) == 1
+    assert ast.unparse(_kw(handlers[0], "target_action")) == "segment_node"
+    on_exit = _kw(handlers[0], "on_exit")
+    shutdowns = [n for n in ast.walk(on_exit) if isinstance(n, ast.Call) and _call_name(n) == "Shutdown"]
+    assert len(shutdowns) == 1 and "returncode" in ast.unparse(_kw(shutdowns[0], "reason"))
+    registered = [c for c in _calls(tree, "RegisterEventHandler") if c.args and c.args[0] is handlers[0]]
+    assert len(registered) == 1
+
+
+def test_missing_rviz2_stops_before_any_process_starts(tree):
+    start = _function(tree, "_start")
+    checks = [n for n in ast.walk(start) if isinstance(n, ast.If) and "_rviz2_missing()" in ast.unparse(n.test)]
+    assert len(checks) == 1 and isinstance(checks[0].body[0], ast.Raise)
+    first_node = min(c.lineno for c in ast.walk(start) if isinstance(c, ast.Call) and _call_name(c) == "Node")
+    assert checks[0].lineno < first_node
+    message = ast.literal_eval(checks[0].body[0].exc.args[0])
+    assert "rviz2" in message and "nothing was started" in message
+    # The check itself asks the ament index, as `ros2 launch` resolves package='rviz2'.
+    assert "get_package_prefix" in ast.unparse(_function(tree, "_rviz2_missing"))
 
 
 def test_default_params_file_and_rviz_config_are_the_shipped_ones(tree):
-    joins = [[ast.literal_eval(e) for e in c.args[0].elts[1:]] for c in _calls(tree, "PathJoinSubstitution")]
+    joins = [[ast.literal_eval(e) for e in c.args[0].elts[1:]] for c in _calls(tree, "PathJoinSubstitution")
+             if all(isinstance(e, ast.Constant) for e in c.args[0].elts[1:])]
     assert ["config", "segment.yaml"] in joins and ["config", "segment.rviz"] in joins
     packages = {ast.literal_eval(c.args[0]) for c in _calls(tree, "FindPackageShare")}
     assert packages == {"pvd_ros"}
@@ -96,8 +182,9 @@ def test_default_params_file_and_rviz_config_are_the_shipped_ones(tree):
     args = _kw(rviz[0], "arguments").elts
     assert ast.literal_eval(args[0]) == "-d" and _launch_config_name(args[1]) == "rviz_config"
     assert ast.literal_eval(args[2]) == "-f" and _launch_config_name(args[3]) == "fixed_frame"
-    condition = _kw(rviz[0], "condition")
-    assert _call_name(condition) == "IfCondition" and _launch_config_name(condition.args[0]) == "rviz"
+    # rviz2 starts only when asked for (rviz:=true), from the same function as the node.
+    start = _function(tree, "_start")
+    assert rviz[0] in list(ast.walk(start)) and "want_rviz" in ast.unparse(start)
 
 
 def test_params_file_uses_the_wildcard_form_and_only_known_parameters():
@@ -155,8 +242,7 @@ def test_private_topic_remapping_form_is_accepted_by_rcl(tmp_path):
 def test_launch_description_builds_where_launch_is_installed():
     pytest.importorskip("launch", reason="the ROS 'launch' package is not installed (not on PyPI)")
     pytest.importorskip("launch_ros", reason="the ROS 'launch_ros' package is not installed (not on PyPI)")
-    from launch.actions import DeclareLaunchArgument
-    from launch_ros.actions import Node
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 
     spec = importlib.util.spec_from_file_location("segment_launch", LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
@@ -164,5 +250,5 @@ def test_launch_description_builds_where_launch_is_installed():
     description = module.generate_launch_description()
     names = {e.name for e in description.entities if isinstance(e, DeclareLaunchArgument)}
     assert REQUIRED_ARGUMENTS <= names
-    nodes = [e for e in description.entities if isinstance(e, Node)]
-    assert any(n.node_package == "pvd_ros" and n.node_executable == "segment_node" for n in nodes)
+    assert any(isinstance(e, SetEnvironmentVariable) for e in description.entities)
+    assert isinstance(description.entities[-1], OpaqueFunction)
