@@ -19,7 +19,7 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
-        ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml")),
         ("share/" + package_name + "/models", glob("models/*.pt")),
     ],
     python_requires=">=3.10",
@@ -48,6 +48,8 @@ setup(
             "ros-visualization-msgs",
             "pointcloud2>=0.6",
         ],
+        # Test dependencies live here (pip install -e ".[test]"): setuptools' tests_require is
+        # gone, and colcon printed "Unknown distribution option: 'tests_require'" for it.
         "test": ["pytest>=7", "pytest-timeout>=2.1"],
     },
     zip_safe=True,
@@ -55,7 +57,6 @@ setup(
     maintainer_email="pvd-ros@example.com",
     description="Real-time LiDAR semantic segmentation with Point-to-Voxel knowledge distillation, as a ROS 2 node",
     license="MIT",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "pvd = pvd_core.cli:main",
