@@ -57,6 +57,7 @@ from visualization_msgs.msg import MarkerArray
 
 from pvd_core.memory import retain_freed_memory
 from pvd_ros.cloud_codec import CloudError, check_layout, decode_points, encode_labelled, packed_rgb_lut
+from pvd_ros.dds_settings import warn_about_transport
 from pvd_ros.legend import LEGEND_QOS, legend_markers
 from pvd_ros.node_params import NodeParams, ParameterError, declare_parameters
 
@@ -459,6 +460,7 @@ def main(args: Optional[list[str]] = None) -> int:
     """
     faulthandler.enable()  # a native crash prints the Python stack instead of a bare SIGSEGV
     rclpy.init(args=args)
+    warn_about_transport(rclpy.logging.get_logger("segment_node"))  # DDS settings default peers miss
     node: Optional[SegmentNode] = None
     executor: Optional[SingleThreadedExecutor] = None
     try:
