@@ -1,28 +1,42 @@
 #!/usr/bin/env python3
-"""Distillation benchmark: does PVD make the slim student better, and which term helps?
+"""Distillation benchmark with power: paired seeds until the 95 % CI of PVD's gain is decisive.
 
-On synthetic data from `pvd synth` (training sequences 00-03, a held-out validation
-sequence 08 from a different town seed), with identical steps, seeds and settings for
-every student:
+Design (issue 11), on `pvd synth` data:
 
-1. teacher (config/synthetic_teacher.yaml, init_size 8) trained with L_seg, for
-   --teacher-steps (longer than the students: at equal short budgets the wider net is no
-   better, and a teacher no better than the student has nothing to distil);
-2. student baseline (config/synthetic_student.yaml, init_size 4), L_seg only;
-3. student with full PVD (config/synthetic_distill.yaml);
-4. ablations: PVD without each of the four terms, and with each of the other samplers.
+- Training: 4 towns (sequences 00-03, town seed 1). Validation: ``--val-towns`` unseen towns
+  (sequences 08, 09, 10, ... with town seeds 2, 3, 4, ...) x ``--val-scans`` scans.
+- Cost ratio of the paper: teacher init_size 8 (synthetic_teacher.yaml); students init_size 4
+  with the point MLPs halved as in the paper student (STUDENT_MODEL below), about 0.26x the
+  teacher's MACs on a VLP-16 scan on the 128 x 128 x 16 grid. ``pvd profile`` measures both on
+  a validation scan and the ratio is written to the results (``macs``).
+- Fairness: the teacher trains at least as long as the students (``--teacher-steps`` >=
+  ``--steps``, enforced). Every run is scored by an **EMA of its weights** (``train.ema_decay``,
+  RUN_DIR/ema.pt), not by its last step, and none uses validation to pick a checkpoint.
+- Pairs: seed s trains a baseline student (L_seg) and a PVD student (synthetic_distill.yaml)
+  with the same train.seed (same init, data order, augmentation), then scores both on every
+  validation scan (per-scan confusion matrices) and measures their fidelity to the teacher
+  (top-1 agreement, KL(teacher || student)). One file per pair, OUT/pairs/pair_<seed>.json (+
+  .npz), so a long run stops and continues (runs with last.pt resume). After each pair the
+  paired-t 95 % CI of the mean gain is recomputed; the loop stops when it is decisive
+  (lower bound > 0, or upper bound < ``--margin``) with at least ``--min-pairs`` pairs, or at
+  ``--max-pairs``.
+- Ablations: each of the four terms off and the three other samplers, ``--ablation-pairs``
+  seeds each, paired against full PVD at the same seed.
+- mIoU is over one fixed class list, the classes present in the validation ground truth
+  (the same for every model), named in the results.
 
-Every model is evaluated on the validation sequence with `pvd eval` (the Segmenter path)
-from its final checkpoint (validation is not used to pick checkpoints, so the held-out
-figure is unbiased). Results go to bench/results/distill_gain.json and .md, rewritten
-after every finished variant, so an interrupted run leaves its partial results in place.
-Resumable: a variant whose result JSON exists in OUT/results is skipped, and a variant
-whose run directory holds last.pt continues with --resume.
+Results: ``--results`` (default bench/results/distill_gain.json) and a .md next to it,
+rewritten after every pair. The full benchmark (hours on 2 CPU cores):
 
-    python bench/distill_gain.py --out /tmp/distill_gain [--steps 240] [--jobs 2]
+    python bench/distill_gain.py --out /tmp/distill_gain --steps 1500 --teacher-steps 3000 --scans 40 \\
+        --val-towns 3 --val-scans 40 --columns 600 --ema-decay 0.995 --min-pairs 8 --max-pairs 20 \\
+        --ablation-pairs 4 --jobs 2
 
-Another student seed against the same teacher: copy OUT/runs/teacher and OUT/results/teacher.json
-into a new work folder (or reuse OUT's data with a symlink) and add ``--seed N``.
+Smoke test (minutes, writes to /tmp only):
+
+    python bench/distill_gain.py --out /tmp/dg_smoke --steps 4 --teacher-steps 4 --scans 2 --val-towns 3 \\
+        --val-scans 2 --columns 120 --ema-decay 0.5 --min-pairs 2 --max-pairs 2 --ablation-pairs 1 \\
+        --ablations no_out_p sampler_random --results /tmp/dg_smoke/distill_gain.json
 """
 from __future__ import annotations
 
@@ -32,20 +46,21 @@ import os
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 TRAIN_SEQUENCES = ["00", "01", "02", "03"]
-VAL_SEQUENCE = "08"
-
-# name -> (base config, overrides of the distill section); None = supervised `pvd train`.
+TRAIN_TOWN_SEED = 1
+SENSOR = "vlp16"
+# The paper student: half the UNet width (init_size 4 vs 8) and halved point MLPs.
+STUDENT_MODEL = {"init_size": 4, "point_generator_dims": [32, 64, 128, 128], "point_head_dims": [32, 32, 32]}
 ABLATIONS: dict[str, dict[str, Any]] = {
     "no_out_p": {"alpha_p": 0.0},
     "no_out_v": {"alpha_v": 0.0},
@@ -56,16 +71,14 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "sampler_distance": {"sampler": "distance"},
 }
 
-_print_lock = threading.Lock()
-
 
 def say(msg: str) -> None:
-    with _print_lock:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def run(cmd: list[str], log: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
@@ -74,227 +87,293 @@ def run(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"command failed ({proc.returncode}), see {log}: {shlex.join(cmd)}")
 
 
-def make_data(data: Path, scans: int, val_scans: int, columns: int, log: Path) -> dict[str, Any]:
-    seqs = [(s, scans, 1) for s in TRAIN_SEQUENCES] + [(VAL_SEQUENCE, val_scans, 2)]
+def write_json(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def val_sequences(towns: int) -> list[tuple[str, int]]:
+    """(sequence, town seed) of the validation towns: 08, 09, ... with seeds 2, 3, ... (unseen)."""
+    return [(f"{8 + i:02d}", TRAIN_TOWN_SEED + 1 + i) for i in range(towns)]
+
+
+def make_data(data: Path, args: argparse.Namespace, log: Path) -> dict[str, Any]:
+    seqs = [(s, args.scans, TRAIN_TOWN_SEED) for s in TRAIN_SEQUENCES]
+    seqs += [(s, args.val_scans, seed) for s, seed in val_sequences(args.val_towns)]
     for seq, n, seed in seqs:
-        if (data / "sequences" / seq / "synth.json").is_file():
-            continue
-        run(["pvd", "synth", "--out", str(data), "--sequence", seq, "--scans", str(n), "--sensor", "vlp16",
-             "--columns", str(columns), "--seed", str(seed), "--quiet"], log)
-    return {"root": str(data), "train_sequences": TRAIN_SEQUENCES, "train_scans_per_sequence": scans,
-            "val_sequence": VAL_SEQUENCE, "val_scans": val_scans, "sensor": "vlp16", "columns": columns,
-            "train_seed": 1, "val_seed": 2}
+        if not (data / "sequences" / seq / "synth.json").is_file():
+            run(["pvd", "synth", "--out", str(data), "--sequence", seq, "--scans", str(n), "--sensor", SENSOR,
+                 "--columns", str(args.columns), "--seed", str(seed), "--quiet"], log)
+    return {"root": str(data), "sensor": SENSOR, "columns": args.columns, "train_sequences": TRAIN_SEQUENCES,
+            "train_scans_per_sequence": args.scans, "train_town_seed": TRAIN_TOWN_SEED,
+            "val_sequences": [s for s, _ in val_sequences(args.val_towns)],
+            "val_town_seeds": [t for _, t in val_sequences(args.val_towns)], "val_scans_per_sequence": args.val_scans}
 
 
-def variant_config(out: Path, name: str, base: Path, distill: Optional[dict[str, Any]],
-                   seed: Optional[int] = None) -> Path:
-    data = yaml.safe_load(base.read_text())
-    if distill:
+def write_config(out: Path, name: str, base: str, args: argparse.Namespace, seed: int,
+                 distill: Optional[dict[str, Any]] = None, student: bool = True) -> Path:
+    """A variant config: ``base`` from config/, the student model, no in-training validation, EMA on."""
+    data = yaml.safe_load((REPO / "config" / base).read_text())
+    if student:
+        data["model"].update(STUDENT_MODEL)
+    data["dataset"]["val_sequences"] = []  # scored afterwards on the held-out towns, never used to pick
+    data["train"].update({"seed": seed, "ema_decay": args.ema_decay, "max_steps": args.teacher_steps if not student
+                          else args.steps, "checkpoint_every": max(1, min(200, args.steps // 4))})
+    if distill is not None:
         data["distill"].update(distill)
-    if seed is not None:
-        data["train"]["seed"] = seed
     path = out / "configs" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
-def train_variant(out: Path, data: Path, name: str, cfg: Path, steps: int, teacher: Optional[Path]) -> dict:
-    """Train (or resume) one variant and evaluate its final checkpoint; cached in OUT/results."""
-    result_path = out / "results" / f"{name}.json"
-    if result_path.is_file():
-        say(f"{name}: cached result {result_path}")
-        return json.loads(result_path.read_text())
+def train(out: Path, data: Path, name: str, cfg: Path, steps: int, teacher: Optional[Path]) -> Path:
+    """Train (or resume, or reuse) one run; returns its EMA checkpoint."""
     run_dir = out / "runs" / name
-    log = out / "logs" / f"{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    done = False
+    if (run_dir / "ema.pt").is_file():
+        from pvd_core.checkpoint import load_checkpoint
+
+        if int(load_checkpoint(run_dir / "ema.pt").meta.get("step", 0)) >= steps:
+            return run_dir / "ema.pt"
+    cmd = ["pvd", "distill" if teacher else "train", "--config", str(cfg), "--data-root", str(data),
+           "--out", str(run_dir), "--max-steps", str(steps), "--threads", "1", "--no-progress"]
+    if teacher:
+        cmd[4:4] = ["--teacher", str(teacher)]
     if (run_dir / "last.pt").is_file():
-        import torch
-
-        state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
-        done = int(state["meta"].get("step", 0)) >= steps
-    if not done:
-        cmd = ["pvd", "distill" if teacher else "train", "--config", str(cfg), "--data-root", str(data),
-               "--out", str(run_dir), "--max-steps", str(steps), "--threads", "1", "--no-progress"]
-        if teacher:
-            cmd[4:4] = ["--teacher", str(teacher)]
-        if (run_dir / "last.pt").is_file():
-            cmd.append("--resume")
-        say(f"{name}: training ({'distill' if teacher else 'train'}, {steps} steps)")
-        run(cmd, log)
-    eval_json = out / "eval" / f"{name}.json"
-    run(["pvd", "eval", "--checkpoint", str(run_dir / "last.pt"), "--data-root", str(data), "--sequences",
-         VAL_SEQUENCE, "--json", str(eval_json), "--threads", "1", "--no-progress"], log)
-    report = json.loads(eval_json.read_text())
-    meta_wall = None
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    last_train = [r for r in metrics if r.get("kind") == "train"]
-    if last_train:
-        meta_wall = last_train[-1].get("elapsed_s")
-    result = {"miou": report["miou"], "iou": report["iou"], "points": report["points"],
-              "absent_classes": report["absent_classes"], "train_wall_s": meta_wall,
-              "final_losses": {k: v for k, v in (last_train[-1] if last_train else {}).items()
-                               if k not in ("kind", "epoch", "lr", "scans_per_s", "elapsed_s")},
-              "config": str(cfg.relative_to(out)), "session_wall_s": round(time.time() - t0, 1)}
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(result, indent=2) + "\n")
-    say(f"{name}: mIoU {report['miou']}")
-    return result
+        cmd.append("--resume")
+    say(f"{name}: {'distill' if teacher else 'train'} {steps} steps")
+    run(cmd, out / "logs" / f"{name}.log")
+    return run_dir / "ema.pt"
 
 
-def summarise(results: dict[str, dict], args, data_info, commands: list[str], started: float,
-              variants: list[str]) -> dict[str, Any]:
-    """The results document; ``commands`` are every invocation that produced a part of it."""
-    doc: dict[str, Any] = {"command": commands[0], "commands": commands, "steps": args.steps, "teacher_steps": args.teacher_steps,
-                           "student_seed": 0 if args.seed is None else args.seed,
-                           "data": data_info,
-                           # summed over variants (they ran --jobs at a time, one torch thread each)
-                           "wall_s": round(sum(r.get("session_wall_s") or 0 for r in results.values()), 1),
-                           "complete": all(v in results for v in variants)}
-    for key in ("teacher", "student_baseline", "student_pvd"):
-        if key in results:
-            doc[key] = {"miou": results[key]["miou"], "iou": results[key]["iou"]}
-    doc["ablations"] = {name: results[name]["miou"] for name in variants
-                        if name in results and name not in ("teacher", "student_baseline", "student_pvd")}
-    t, b, p = (results.get(k, {}).get("miou") for k in ("teacher", "student_baseline", "student_pvd"))
-    if None not in (t, b, p):
-        gap = t - b
-        doc["goals"] = {
-            "gain_over_baseline": round(p - b, 3),
-            "gain_goal_1p5": (p - b) >= 1.5,
-            "teacher_student_gap": round(gap, 3),
-            "gap_closed_fraction": round((p - b) / gap, 3) if gap > 0 else None,
-            "gap_goal_half": (gap > 0 and (p - b) / gap >= 0.5),
-        }
-    doc["variants"] = results
+def loss_curve(run_dir: Path, key: str = "seg") -> list[Optional[float]]:
+    """Mean ``key`` loss over each quarter of the run: flat last quarters = a converged run."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    values = [r[key] for r in rows if r.get("kind") == "train" and r.get(key) is not None]
+    if not values:
+        return []
+    return [round(float(np.mean(q)), 4) if len(q) else None for q in np.array_split(np.asarray(values), 4)]
+
+
+class Scorer:
+    """Scores checkpoints on the validation towns: per-scan matrices, mIoU over fixed classes, fidelity."""
+
+    def __init__(self, teacher_ckpt: Path, data: Path, args: argparse.Namespace) -> None:
+        from pvd_core.segmenter import Segmenter
+
+        self.teacher = Segmenter.from_checkpoint(teacher_ckpt, device="cpu")
+        root = data / "sequences"
+        self.files = [(str(p), str(root / s / "labels" / (p.stem + ".label")))
+                      for s, _ in val_sequences(args.val_towns) for p in sorted((root / s / "velodyne").glob("*.bin"))]
+        self.teacher_matrices = self.matrices(self.teacher)
+        from pvd_core.metrics import gt_classes
+
+        self.classes = gt_classes(self.teacher_matrices.sum(axis=0))  # ground truth only: same for every model
+
+    def matrices(self, segmenter) -> np.ndarray:
+        from pvd_core.evaluation import evaluate_files
+
+        return evaluate_files(segmenter, self.files, "semantickitti", segmenter.label_map, progress=False,
+                              per_scan=True).scan_matrices
+
+    def miou(self, matrices: np.ndarray) -> float:
+        from pvd_core.metrics import compute_iou
+
+        return round(100.0 * compute_iou(matrices.sum(axis=0), self.classes).miou, 4)
+
+    def iou(self, matrices: np.ndarray) -> dict[str, float]:
+        from pvd_core.metrics import compute_iou
+
+        names = self.teacher.label_map.class_names
+        res = compute_iou(matrices.sum(axis=0), self.classes)
+        return {names[c]: round(100.0 * float(res.iou[c]), 3) for c in self.classes}
+
+    def score(self, ckpt: Path) -> tuple[dict[str, Any], np.ndarray]:
+        from pvd_core.fidelity import fidelity_on_files
+        from pvd_core.segmenter import Segmenter
+
+        seg = Segmenter.from_checkpoint(ckpt, device="cpu")
+        m = self.matrices(seg)
+        fid = fidelity_on_files(seg, self.teacher, self.files, "semantickitti")
+        return {"miou": self.miou(m), "iou": self.iou(m), "fidelity": fid.to_dict(),
+                "loss_curve_seg": loss_curve(ckpt.parent)}, m
+
+
+def run_pair(out: Path, data: Path, args: argparse.Namespace, scorer: Scorer, teacher_ckpt: Path, seed: int,
+             arms: dict[str, tuple[str, Optional[dict[str, Any]]]], folder: str) -> dict[str, Any]:
+    """Train and score the arms of one seed (concurrently with --jobs 2); one JSON + NPZ per pair."""
+    path = out / folder / f"pair_{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    ckpts: dict[str, Path] = {}
+
+    def job(arm: str) -> None:
+        base, distill = arms[arm]
+        name = f"{arm}_s{seed}"
+        cfg = write_config(out, name, base, args, seed, distill)
+        ckpts[arm] = train(out, data, name, cfg, args.steps, teacher_ckpt if distill is not None else None)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for f in [pool.submit(job, a) for a in arms]:
+            f.result()
+    doc: dict[str, Any] = {"seed": seed}
+    mats = {}
+    for arm in arms:
+        doc[arm], mats[arm] = scorer.score(ckpts[arm])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path.with_suffix(".npz"), **mats)
+    write_json(path, doc)
+    say(f"{folder} seed {seed}: " + ", ".join(f"{a} {doc[a]['miou']:.2f}" for a in arms))
     return doc
 
 
+def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict[str, Any], pairs: list[dict],
+              ablations: dict[str, list[dict]], data_info: dict, macs: dict, command: str,
+              stopped: Optional[str]) -> dict[str, Any]:
+    from pvd_core.paired_stats import bootstrap_gain_ci, paired_t
+
+    base = [p["baseline"]["miou"] for p in pairs]
+    pvd = [p["pvd"]["miou"] for p in pairs]
+    t = paired_t(base, pvd)
+    names = scorer.teacher.label_map.class_names
+    doc: dict[str, Any] = {
+        "pairs": [{"seed": p["seed"], "baseline": p["baseline"]["miou"], "pvd": p["pvd"]["miou"]} for p in pairs],
+        "gain_mean": round(t.mean, 4) if pairs else None,
+        "gain_ci95": [round(x, 4) for x in t.ci95],
+        "p_value": t.p_value,
+        "teacher": teacher["miou"],
+        "gap_closed": (round(t.mean / (teacher["miou"] - float(np.mean(base))), 4)
+                       if pairs and teacher["miou"] != float(np.mean(base)) else None),
+        "classes": [names[c] for c in scorer.classes],
+        "fidelity": {arm: {k: round(float(np.mean([p[arm]["fidelity"][k] for p in pairs])), 6)
+                           for k in ("agreement", "kl")} for arm in ("baseline", "pvd")} if pairs else None,
+        "ablations": {},
+        "command": command,
+        "decision": stopped,
+        "gain_stdev": t.stdev,
+        "scoring": f"EMA of weights (train.ema_decay {args.ema_decay}), ema.pt at the last step",
+    }
+    if pairs:
+        npz = [np.load(out / "pairs" / f"pair_{p['seed']}.npz") for p in pairs]
+        doc["gain_bootstrap_ci95_over_scans"] = [round(x, 4) for x in bootstrap_gain_ci(
+            [z["baseline"] for z in npz], [z["pvd"] for z in npz], scorer.classes, seed=0)]
+        doc["per_class"] = {c: {"teacher": teacher["iou"][c],
+                                "baseline_mean": round(float(np.mean([p["baseline"]["iou"][c] for p in pairs])), 3),
+                                "pvd_mean": round(float(np.mean([p["pvd"]["iou"][c] for p in pairs])), 3)}
+                            for c in doc["classes"]}
+        doc["teacher_beats_baseline_on_every_class"] = all(
+            v["teacher"] > v["baseline_mean"] for v in doc["per_class"].values())
+    full = {p["seed"]: p["pvd"]["miou"] for p in pairs}
+    for name, runs in ablations.items():
+        runs = [r for r in runs if r["seed"] in full]
+        at = paired_t([full[r["seed"]] for r in runs], [r[name]["miou"] for r in runs])
+        doc["ablations"][name] = {"pairs": [{"seed": r["seed"], "full": full[r["seed"]], name: r[name]["miou"]}
+                                            for r in runs],
+                                  "gain_vs_full_mean": round(at.mean, 4) if runs else None,
+                                  "ci95": [round(x, 4) for x in at.ci95], "p_value": at.p_value}
+    doc.update({"teacher_detail": teacher, "macs": macs, "data": data_info,
+                "settings": {k: v for k, v in vars(args).items() if k not in ("out", "results")},
+                "student_model": STUDENT_MODEL, "loss_curves_seg": {
+                    f"{arm}_s{p['seed']}": p[arm]["loss_curve_seg"] for p in pairs for arm in ("baseline", "pvd")}})
+    return json.loads(json.dumps(doc, default=float).replace("NaN", "null"))
+
+
 def write_markdown(doc: dict[str, Any], path: Path) -> None:
-    lines = ["# Distillation benchmark (synthetic data, CPU)", "",
-             "Commands: " + "; then ".join(f"`{c}`" for c in doc["commands"]), "",
-             f"{doc['steps']} steps per student ({doc['teacher_steps']} for the teacher), batch 2, student seed "
-             f"{doc.get('student_seed', 0)} (teacher seed 0); data: `pvd synth` vlp16 "
-             f"({doc['data']['columns']} columns), train sequences {', '.join(doc['data']['train_sequences'])} "
-             f"({doc['data']['train_scans_per_sequence']} scans each, seed 1), validation sequence "
-             f"{doc['data']['val_sequence']} ({doc['data']['val_scans']} scans, seed 2, another town). "
-             f"Evaluated with `pvd eval` on the final checkpoint. Summed wall time of all trainings and evaluations {doc['wall_s'] / 60:.1f} min (2 at a time on 2 shared CPU cores)"
-             f"{'' if doc['complete'] else ' (INCOMPLETE: some variants missing)'}.", "",
-             "| model | mIoU (%) | vs baseline |", "|---|---|---|"]
-    base = doc.get("student_baseline", {}).get("miou")
-    for name, res in doc["variants"].items():
-        m = res["miou"]
-        delta = f"{m - base:+.2f}" if (base is not None and m is not None) else ""
-        lines.append(f"| {name} | {m:.2f} | {delta} |" if m is not None else f"| {name} | n/a | |")
-    if "goals" in doc:
-        g = doc["goals"]
-        lines += ["", f"PVD gain over the baseline: {g['gain_over_baseline']:+.2f} mIoU (goal >= 1.5: "
-                      f"{'met' if g['gain_goal_1p5'] else 'missed'}); teacher-student gap "
-                      f"{g['teacher_student_gap']:.2f}, closed fraction {g['gap_closed_fraction']} "
-                      f"(goal >= 0.5: {'met' if g['gap_goal_half'] else 'missed'})."]
-    names = [n for n in doc["variants"]]
-    if names:
-        classes = list(doc["variants"][names[0]]["iou"])
-        lines += ["", "Per-class IoU (%):", "", "| class | " + " | ".join(names) + " |",
-                  "|---|" + "---|" * len(names)]
-        for c in classes:
-            vals = [doc["variants"][n]["iou"].get(c) for n in names]
-            lines.append(f"| {c} | " + " | ".join("absent" if v is None else f"{v:.1f}" for v in vals) + " |")
+    lo, hi = doc["gain_ci95"] if doc["gain_ci95"][0] is not None else (float("nan"), float("nan"))
+    lines = ["# Distillation benchmark: paired seeds (synthetic data, CPU)", "", f"Command: `{doc['command']}`", "",
+             f"mIoU over {len(doc['classes'])} classes present in the validation ground truth: "
+             f"{', '.join(doc['classes'])}. {doc['scoring']}.", "",
+             "| seed | baseline | PVD | gain |", "|---|---|---|---|"]
+    lines += [f"| {p['seed']} | {p['baseline']:.2f} | {p['pvd']:.2f} | {p['pvd'] - p['baseline']:+.2f} |"
+              for p in doc["pairs"]]
+    lines += ["", f"Teacher {doc['teacher']:.2f}. Mean gain {doc['gain_mean']} mIoU, paired-t 95 % CI "
+              f"[{lo:.2f}, {hi:.2f}], p = {doc['p_value']}, bootstrap CI over scans "
+              f"{doc.get('gain_bootstrap_ci95_over_scans')}, gap closed {doc['gap_closed']}; decision: "
+              f"{doc['decision']}. Fidelity (agreement / KL): {doc['fidelity']}.", "",
+              "| ablation | pairs | mean vs full PVD | 95 % CI |", "|---|---|---|---|"]
+    lines += [f"| {n} | {len(a['pairs'])} | {a['gain_vs_full_mean']} | {a['ci95']} |" for n, a in doc["ablations"].items()]
     path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("/tmp/distill_gain"), help="work folder (data, runs, cache)")
-    ap.add_argument("--steps", type=int, default=120, help="optimiser steps of every student")
-    ap.add_argument("--teacher-steps", type=int, default=360,
-                    help="optimiser steps of the teacher (a converged teacher; students share --steps)")
-    ap.add_argument("--scans", type=int, default=16, help="scans per training sequence")
-    ap.add_argument("--val-scans", type=int, default=8)
-    ap.add_argument("--columns", type=int, default=600, help="vlp16 azimuth columns (points per scan)")
-    ap.add_argument("--jobs", type=int, default=2, help="trainings run at once (one torch thread each)")
-    ap.add_argument("--only", nargs="*", help="restrict to these variant names")
-    ap.add_argument("--extra", nargs="*", default=[],
-                    help="extra distill variants NAME:key=value[,key=value] (e.g. T2:temperature=2.0)")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="where distill_gain.json/.md go")
-    ap.add_argument("--seed", type=int, default=None,
-                    help="train.seed of every student (init, data order, augmentation; default: the configs' 0). "
-                         "The teacher keeps its config's seed, so one teacher serves every student seed")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/distill_gain"), help="work folder (data, runs, pairs)")
+    ap.add_argument("--steps", type=int, default=1500, help="optimiser steps of every student")
+    ap.add_argument("--teacher-steps", type=int, default=3000, help="teacher steps (>= --steps)")
+    ap.add_argument("--scans", type=int, default=40, help="scans per training town (4 towns)")
+    ap.add_argument("--val-towns", type=int, default=3, help="unseen validation towns (>= 3 for the issue's design)")
+    ap.add_argument("--val-scans", type=int, default=40, help="scans per validation town")
+    ap.add_argument("--columns", type=int, default=600, help="vlp16 azimuth columns")
+    ap.add_argument("--ema-decay", type=float, default=0.995, help="train.ema_decay of every run (scored by ema.pt)")
+    ap.add_argument("--min-pairs", type=int, default=8)
+    ap.add_argument("--max-pairs", type=int, default=20)
+    ap.add_argument("--margin", type=float, default=1.5, help="stop once the CI's upper bound is below this")
+    ap.add_argument("--ablation-pairs", type=int, default=4)
+    ap.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS))
+    ap.add_argument("--jobs", type=int, default=2, help="trainings at once (one torch thread each)")
+    ap.add_argument("--results", type=Path, default=RESULTS / "distill_gain.json")
     args = ap.parse_args()
+    if args.teacher_steps < args.steps:
+        ap.error(f"--teacher-steps {args.teacher_steps} < --steps {args.steps}: the teacher must train at least "
+                 "as long as the students, or the 'gap' is partly extra optimisation")
+    import torch
+
+    torch.set_num_threads(1)
+    from pvd_core.paired_stats import decision, paired_t
+
     command = "python " + shlex.join(["bench/distill_gain.py"] + sys.argv[1:])
-    started = time.time()
     out = args.out.resolve()
     data = out / "data"
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    data_info = make_data(data, args.scans, args.val_scans, args.columns, out / "logs" / "synth.log")
+    data_info = make_data(data, args, out / "logs" / "synth.log")
 
-    cfg_dir = REPO / "config"
-    variants: dict[str, tuple[Path, Optional[dict], bool]] = {
-        "teacher": (cfg_dir / "synthetic_teacher.yaml", None, False),
-        "student_baseline": (cfg_dir / "synthetic_student.yaml", None, False),
-        "student_pvd": (cfg_dir / "synthetic_distill.yaml", {}, True),
-    }
-    for name, over in ABLATIONS.items():
-        variants[name] = (cfg_dir / "synthetic_distill.yaml", over, True)
-    for spec in args.extra:
-        name, _, body = spec.partition(":")
-        over: dict[str, Any] = {}
-        for item in filter(None, body.split(",")):
-            key, _, value = item.partition("=")
-            over[key] = yaml.safe_load(value)
-        variants[name] = (cfg_dir / "synthetic_distill.yaml", over, True)
-    names = list(variants)
-    to_run = [n for n in names if not args.only or n in args.only or n == "teacher"]
+    teacher_ckpt = train(out, data, "teacher", write_config(out, "teacher", "synthetic_teacher.yaml", args, 0,
+                                                             student=False), args.teacher_steps, None)
+    scorer = Scorer(teacher_ckpt, data, args)
+    teacher = {"miou": scorer.miou(scorer.teacher_matrices), "iou": scorer.iou(scorer.teacher_matrices),
+               "steps": args.teacher_steps, "loss_curve_seg": loss_curve(teacher_ckpt.parent)}
+    macs_path = out / "macs.json"
+    if not macs_path.is_file():
+        scan = scorer.files[0][0]
+        for name in ("teacher", "baseline_s0"):
+            cfg = write_config(out, name, "synthetic_teacher.yaml" if name == "teacher" else "synthetic_student.yaml",
+                               args, 0, student=name != "teacher")
+            run(["pvd", "profile", "--config", str(cfg), "--scan", scan, "--repeat", "1", "--device", "cpu",
+                 "--json", str(out / f"profile_{name}.json")], out / "logs" / "profile.log")
+        t_macs = json.loads((out / "profile_teacher.json").read_text())["macs"]
+        s_macs = json.loads((out / "profile_baseline_s0.json").read_text())["macs"]
+        write_json(macs_path, {"teacher": t_macs, "student": s_macs, "ratio": round(s_macs / t_macs, 4)})
+    macs = json.loads(macs_path.read_text())
+    say(f"teacher mIoU {teacher['miou']:.2f}; student/teacher MACs {macs['ratio']}")
 
-    results: dict[str, dict] = {}
-    for name in names:  # variants not run now still appear with their cached results
-        cached = out / "results" / f"{name}.json"
-        if name not in to_run and cached.is_file():
-            results[name] = json.loads(cached.read_text())
-    names = [n for n in names if n in to_run or n in results]
-    previous = args.results / "distill_gain.json"
-    commands = [command]
-    if previous.is_file():
-        old = json.loads(previous.read_text())
-        commands = [c for c in old.get("commands", [old.get("command")]) if c and c != command] + [command]
-    lock = threading.Lock()
+    arms = {"baseline": ("synthetic_student.yaml", None), "pvd": ("synthetic_distill.yaml", {})}
+    pairs: list[dict] = []
+    ablations: dict[str, list[dict]] = {n: [] for n in args.ablations}
+    stopped: Optional[str] = None
 
-    def record(name: str, res: dict) -> None:
-        with lock:
-            results[name] = res
-            ordered = {n: results[n] for n in names if n in results}
-            doc = summarise(ordered, args, data_info, commands, started, names)
-            args.results.mkdir(parents=True, exist_ok=True)
-            tmp = args.results / "distill_gain.json.tmp"
-            tmp.write_text(json.dumps(doc, indent=2) + "\n")
-            tmp.replace(args.results / "distill_gain.json")
-            write_markdown(doc, args.results / "distill_gain.md")
+    def publish() -> None:
+        doc = summarise(args, out, scorer, teacher, pairs, ablations, data_info, macs, command, stopped)
+        write_json(args.results, doc)
+        write_markdown(doc, args.results.with_suffix(".md"))
 
-    def job(name: str, teacher_future=None) -> None:
-        base, over, distill = variants[name]
-        cfg = variant_config(out, name, base, over if distill else None, None if name == "teacher" else args.seed)
-        teacher = None
-        if distill:
-            teacher_future.result()
-            teacher = out / "runs" / "teacher" / "last.pt"
-        steps = args.teacher_steps if name == "teacher" else args.steps
-        record(name, train_variant(out, data, name, cfg, steps, teacher))
-
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        teacher_future = pool.submit(job, "teacher")
-        futures = [pool.submit(job, n, teacher_future) for n in to_run if n != "teacher" and not variants[n][2]]
-        futures += [pool.submit(job, n, teacher_future) for n in to_run if variants[n][2]]
-        errors = []
-        for f in [teacher_future] + futures:
-            try:
-                f.result()
-            except Exception as exc:  # keep the other variants going; report at the end
-                errors.append(str(exc))
-                say(f"ERROR: {exc}")
-    say(f"done in {(time.time() - started) / 60:.1f} min; results in {args.results / 'distill_gain.json'}")
-    return 1 if errors else 0
+    for seed in range(args.max_pairs):
+        pairs.append(run_pair(out, data, args, scorer, teacher_ckpt, seed, arms, "pairs"))
+        t = paired_t([p["baseline"]["miou"] for p in pairs], [p["pvd"]["miou"] for p in pairs])
+        stopped = decision(t.ci95, t.n, args.min_pairs, args.margin)
+        publish()
+        say(f"{t.n} pairs: gain {t.mean:+.2f}, 95 % CI [{t.ci95[0]:.2f}, {t.ci95[1]:.2f}]"
+            + (f" -> stop ({stopped})" if stopped else ""))
+        if stopped:
+            break
+    for name in args.ablations:
+        for seed in range(min(args.ablation_pairs, len(pairs))):
+            doc = run_pair(out, data, args, scorer, teacher_ckpt, seed,
+                           {name: ("synthetic_distill.yaml", ABLATIONS[name])}, f"ablations/{name}")
+            ablations[name].append(doc)
+            publish()
+    say(f"done; results in {args.results}")
+    return 0
 
 
 if __name__ == "__main__":

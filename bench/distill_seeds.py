@@ -1,4 +1,7 @@
-"""Baseline and PVD student over several student seeds, from bench/distill_gain.py results.
+"""Baseline and PVD student over several student seeds, from the *pre-issue-11* distill_gain.py results.
+
+Superseded by the paired benchmark (bench/distill_gain.py now runs and aggregates its own pairs);
+kept to summarise the committed per-seed files, with the paired-t CI (pvd_core.paired_stats).
 
 Each input is one distill_gain.json (seed 0 is the full matrix; other seeds come from
 ``bench/distill_gain.py --seed N --only student_baseline student_pvd`` against the same
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -36,6 +40,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     pvd = [s["student_pvd"] for s in seeds.values()]
     gain = [p - b for p, b in zip(pvd, base)]
     closed = statistics.mean(gain) / (teacher - statistics.mean(base))
+    from pvd_core.paired_stats import paired_t
+
+    t = paired_t(base, pvd)
     return {
         "teacher_miou": teacher,
         "seeds": {str(k): seeds[k] for k in sorted(seeds)},
@@ -45,6 +52,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                   "gain": round(statistics.stdev(gain), 3)},
         "gain_per_seed": [round(g, 3) for g in gain],
         "gap_closed_fraction_of_means": round(closed, 3),
+        "gain_ci95_paired_t": [round(x, 3) for x in t.ci95],
+        "gain_p_value": round(t.p_value, 4),
+        "metric_note": "old metric: the class set depended on the predictions (issue 11); not re-scorable, "
+                       "the files hold no confusion matrices",
         "goals": {"gain_goal_1p5_on_mean": statistics.mean(gain) >= 1.5, "gap_goal_half_on_means": closed >= 0.5},
     }
 
