@@ -6,8 +6,10 @@ node's per-scan hot path: weights are loaded once, the model runs under
 ``torch.inference_mode``, and pre/postprocessing are vectorised over the whole cloud.
 
 Output contract: one label and confidence per input row, in input order. Rows that never
-reach the network (NaN/Inf coordinates or intensity, and points outside the volume when
-``grid.out_of_volume`` is 'drop') get label 0 and confidence 0. Any other point gets a
+reach the network get label 0 and confidence 0: those that fail the point rule
+(:mod:`pvd_core.point_rule`: NaN/Inf coordinates or intensity, the origin (0, 0, 0),
+outside [min_range, max_range]) and points outside the volume when
+``grid.out_of_volume`` is 'drop'. Any other point gets a
 class in 1..C-1 (class 0 "unlabeled" is never predicted); its confidence is the softmax
 probability, over all C classes, of that class (the max softmax probability whenever
 class 0 is not the most likely).
@@ -28,6 +30,7 @@ from pvd_core.config import Config
 from pvd_core.data.batch import collate_scans
 from pvd_core.device import resolve_device
 from pvd_core.labels import LabelMap
+from pvd_core.point_rule import PointRule
 from pvd_core.voxelizer import CylindricalVoxelizer
 
 # Deterministic test-time augmentation votes, the training augmentations of METHOD.md
@@ -98,10 +101,15 @@ class Segmenter:
     ``fp16=True`` needs a CUDA device (half-precision sparse convs are not supported on
     the CPU here): on a CPU device it raises ValueError naming ``fp16`` rather than
     silently running in fp32.
+
+    ``point_rule`` decides which rows reach the network (default: finite, not the origin,
+    at least ``DEFAULT_MIN_RANGE`` away); it lives here so that every caller applies the
+    same one.
     """
 
     def __init__(self, model: nn.Module, config: Config, label_map: LabelMap,
-                 device: Union[str, torch.device] = "auto", fp16: bool = False, tta: int = 1):
+                 device: Union[str, torch.device] = "auto", fp16: bool = False, tta: int = 1,
+                 point_rule: PointRule = PointRule()):
         self.device = resolve_device(device)
         if fp16 and self.device.type != "cuda":
             raise ValueError(f"fp16=True needs a CUDA device, but the device is {self.device} "
@@ -116,6 +124,7 @@ class Segmenter:
         self.label_map = label_map
         self.fp16 = bool(fp16)
         self.tta = tta
+        self.point_rule = point_rule
         model = model.to(self.device).eval()
         if self.fp16:
             model = model.half()
@@ -127,12 +136,12 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto",
-                        fp16: bool = False, tta: int = 1) -> "Segmenter":
+                        fp16: bool = False, tta: int = 1, point_rule: PointRule = PointRule()) -> "Segmenter":
         from pvd_core.checkpoint import build_model_from_checkpoint, load_checkpoint
 
         ckpt = load_checkpoint(path, map_location="cpu")
         model = build_model_from_checkpoint(ckpt, device="cpu")
-        seg = cls(model, ckpt.config, ckpt.label_map, device=device, fp16=fp16, tta=tta)
+        seg = cls(model, ckpt.config, ckpt.label_map, device=device, fp16=fp16, tta=tta, point_rule=point_rule)
         seg.meta = dict(ckpt.meta, checkpoint=str(path))
         return seg
 
@@ -158,9 +167,27 @@ class Segmenter:
         return self.segment_batch([points])[0]
 
     def segment_batch(self, clouds: Sequence[np.ndarray]) -> list[SegmentationResult]:
-        """Several clouds (and their TTA votes) in one forward pass; timings are the batch's."""
+        """Several clouds (and their TTA votes) in one forward pass; timings are the batch's.
+
+        Rows that fail :attr:`point_rule` are left out before voxelization and get label 0.
+        """
         t0 = time.perf_counter()
         clouds = [self._check_points(c) for c in clouds]
+        selected = [self.point_rule.select(c) for c in clouds]
+        if all(index is None for index in selected):
+            return self._segment_valid(clouds, t0)
+        results = self._segment_valid([c if index is None else c[index] for c, index in zip(clouds, selected)], t0)
+        for cloud, index, result in zip(clouds, selected, results):
+            if index is not None:
+                labels = np.zeros(len(cloud), dtype=np.uint16)
+                confidence = np.zeros(len(cloud), dtype=np.float32)
+                labels[index] = result.labels
+                confidence[index] = result.confidence
+                result.labels, result.confidence = labels, confidence
+        return results
+
+    def _segment_valid(self, clouds: list[np.ndarray], t0: float) -> list[SegmentationResult]:
+        """``segment_batch`` on clouds that passed the point rule (``t0``: when the call began)."""
         results: list[Optional[SegmentationResult]] = [None] * len(clouds)
         scans, owners = [], []  # one voxelized scan per (cloud, vote) that has points
         for i, pts in enumerate(clouds):

@@ -8,8 +8,9 @@ the figure that `pvd_bag replay` then has to live with at the sensor's rate.
 Ground truth comes from the bag itself (the ``label`` field: raw SemanticKITTI words
 mapped with the checkpoint's label map, or the class indices of a bag recorded from the
 node's output; ``bag_io.label_kind`` tells them apart and refuses an ambiguous field).
-Points with a non-finite x, y or z are neither segmented nor scored (the node labels
-them 0, and 0 is never scored); a non-finite intensity is given to the network as 0.
+Points that fail the point rule (``pvd_core.point_rule``: non-finite x, y, z or intensity,
+the origin (0, 0, 0), closer than its default minimum range) are neither segmented nor
+scored: the Segmenter labels them 0, as the node does, and 0 is never scored.
 A bag without a label field is timed only.
 """
 from __future__ import annotations
@@ -34,18 +35,6 @@ def latency_summary(values_ms: list[float]) -> dict[str, Optional[float]]:
     a = np.asarray(values_ms, dtype=np.float64)
     return {"p50": round(float(np.percentile(a, 50)), 3), "p95": round(float(np.percentile(a, 95)), 3),
             "max": round(float(a.max()), 3), "mean": round(float(a.mean()), 3)}
-
-
-def network_input(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(finite-xyz points with non-finite intensity set to 0, their indices in the cloud)."""
-    valid = np.isfinite(points[:, :3]).all(axis=1)
-    index = np.flatnonzero(valid)
-    net = points if index.size == points.shape[0] else points[index]
-    bad_intensity = ~np.isfinite(net[:, 3])
-    if bad_intensity.any():
-        net = net.copy()
-        net[bad_intensity, 3] = 0.0
-    return net, index
 
 
 def evaluate_bag(
@@ -91,21 +80,16 @@ def evaluate_bag(
                 break
             t0 = time.perf_counter()
             points = decode_points(cloud.msg).points
-            net, index = network_input(points)
-            result = segmenter.segment(net) if index.size else None
+            result = segmenter.segment(points)  # applies the point rule
             latencies.append((time.perf_counter() - t0) * 1e3)
-            if result is not None:
-                for key, value in result.timings.items():
-                    stage_sums[key] = stage_sums.get(key, 0.0) + float(value)
-            pred = np.zeros(points.shape[0], dtype=np.int64)
-            if result is not None:
-                pred[index] = np.asarray(result.labels, dtype=np.int64)
+            for key, value in result.timings.items():
+                stage_sums[key] = stage_sums.get(key, 0.0) + float(value)
+            pred = result.labels.astype(np.int64)
             gt: Optional[np.ndarray] = None
             if bag_io.has_label_field(cloud.msg):
                 gt = bag_io.ground_truth(cloud.msg, label_map, source=f"{bag} {topic} message {cloud.index}")
-                gt_valid = np.zeros_like(gt)
-                gt_valid[index] = gt[index]  # non-finite points are not scored
-                confusion.update(pred, gt_valid)
+                # points the network never sees are not scored
+                confusion.update(pred, np.where(segmenter.point_rule.mask(points), gt, 0))
                 labelled += 1
             else:
                 unlabelled += 1

@@ -37,6 +37,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
+from pvd_core.point_rule import PointRule
 from pvd_ros import bag_io
 from pvd_ros.bag_eval import latency_summary
 
@@ -64,8 +65,11 @@ def _stamp_key(header: Any) -> tuple[int, int]:
 
 
 def load_frames(bag: Path, topic: str, label_map: Any, max_frames: Optional[int],
-                progress: bool) -> list[_Frame]:
-    """Read the bag's clouds as rclpy messages plus their mapped ground truth."""
+                progress: bool, point_rule: PointRule = PointRule()) -> list[_Frame]:
+    """Read the bag's clouds as rclpy messages plus their mapped ground truth.
+
+    The ground truth is 0 (not scored) where ``point_rule`` (the node's) keeps a point from the network.
+    """
     from pvd_ros.cloud_codec import copy_into_message, decode_points
 
     frames: list[_Frame] = []
@@ -84,8 +88,7 @@ def load_frames(bag: Path, topic: str, label_map: Any, max_frames: Optional[int]
             gt = None
             if bag_io.has_label_field(cloud.msg):
                 gt = bag_io.ground_truth(cloud.msg, label_map, source=f"{bag} {topic} message {cloud.index}")
-                finite = np.isfinite(decode_points(cloud.msg).points[:, :3]).all(axis=1)
-                gt[~finite] = 0  # the node labels non-finite points 0; they are not scored
+                gt[~point_rule.mask(decode_points(cloud.msg).points)] = 0  # the node labels them 0
             frames.append(_Frame(cloud.timestamp_ns, key, copy_into_message(cloud.msg), gt))
     if not frames:
         raise bag_io.BagError(f"{bag}: topic {topic!r} has no messages")
@@ -192,7 +195,9 @@ def replay_bag(
     extra.setdefault("publish_legend", False)
 
     label_map = _checkpoint_label_map(checkpoint, load_checkpoint)
-    frames = load_frames(bag, topic, label_map, max_frames, progress)
+    # The node's point rule: its range parameters as given here, else the defaults (a params_file's are not read).
+    rule = PointRule(**{k: float(extra[k]) for k in ("min_range", "max_range") if k in extra})
+    frames = load_frames(bag, topic, label_map, max_frames, progress, rule)
     labelled = any(f.gt is not None for f in frames)
 
     transport_env = _large_data_env() if node == "process" else {}

@@ -263,3 +263,48 @@ def test_top_class_keeps_labels_in_range_for_nan_and_infinite_logits():
     assert torch.isnan(conf[0]) and torch.isnan(conf[1])
     assert label[3] == 5
     assert torch.isfinite(conf[4:]).all()
+
+
+def test_point_rule_keeps_origin_near_and_nan_intensity_points_from_the_network(model):
+    """No-return pixels (0, 0, 0), points inside min_range and a NaN intensity get label 0 and are never
+    voxelized: every other point is labelled exactly as in the cloud without them."""
+    from pvd_core.point_rule import DEFAULT_MIN_RANGE, PointRule
+
+    pts = cloud(900, seed=9)
+    pts[[0, 10, 20], :] = 0.0  # an Ouster no-return pixel: all zeros
+    pts[30, :3], pts[30, 3] = 0.0, 0.7  # at the origin with an intensity
+    pts[40, :3] = [0.6 * DEFAULT_MIN_RANGE, 0.0, 0.0]  # inside the default minimum range
+    pts[50, 3] = np.nan
+    pts[60, 1] = -np.inf
+    dropped = np.array([0, 10, 20, 30, 40, 50, 60])
+    seg = Segmenter(model, tiny_config(), SEMANTIC_KITTI, device="cpu")
+    res = seg.segment(pts)
+    assert (res.labels[dropped] == 0).all() and (res.confidence[dropped] == 0).all()
+    keep = np.ones(len(pts), bool)
+    keep[dropped] = False
+    assert np.array_equal(res.labels == 0, ~keep)
+    alone = seg.segment(pts[keep])
+    assert np.array_equal(alone.labels, res.labels[keep])
+    np.testing.assert_allclose(alone.confidence, res.confidence[keep], rtol=1e-6)
+    assert np.array_equal(PointRule().mask(pts), keep)  # the rule the bag tools score with
+
+    # min_range 0 still drops the origin, keeps the near point; max_range drops the far ones.
+    rule = PointRule(min_range=0.0, max_range=20.0)
+    far = np.linalg.norm(pts[:, :3], axis=1) > 20.0
+    res0 = Segmenter(model, tiny_config(), SEMANTIC_KITTI, device="cpu", point_rule=rule).segment(pts)
+    assert res0.labels[40] > 0 and (res0.labels[[0, 10, 20, 30]] == 0).all()
+    assert (res0.labels[far] == 0).all() and far.sum() > 100
+    assert np.array_equal(res0.labels == 0, ~rule.mask(pts))
+    tta = Segmenter(model, tiny_config(), SEMANTIC_KITTI, device="cpu", tta=2).segment(pts)
+    assert np.array_equal(tta.labels == 0, ~keep)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"min_range": -1.0}, "min_range"), ({"max_range": float("nan")}, "max_range"),
+    ({"min_range": 5.0, "max_range": 2.0}, "max_range"),
+])
+def test_point_rule_refuses_bad_limits_naming_them(kwargs, match):
+    from pvd_core.point_rule import PointRule
+
+    with pytest.raises(ValueError, match=match):
+        PointRule(**kwargs)
