@@ -228,3 +228,16 @@ def load_weights_into(model: nn.Module, path: PathLike, label_map: LabelMap) -> 
                               f"{ckpt.config.model.init_size} there); " + "; ".join(shown))
     _unwrap(model).load_state_dict(ckpt.model_state, strict=True)
     return ckpt
+
+
+def export_checkpoint(source: PathLike, out: PathLike, meta_updates: Optional[dict] = None) -> Checkpoint:
+    """Write ``source`` again as an inference checkpoint: weights, config, label map and metadata
+    (with ``meta_updates`` merged in), without the optimiser state that makes a run's last.pt 3x larger."""
+    from pvd_core.models.cylinder3d import Cylinder3D
+
+    ckpt = load_checkpoint(source)
+    model = Cylinder3D(ckpt.config.model, ckpt.config.grid, ckpt.label_map.num_classes)
+    model.load_state_dict(ckpt.model_state, strict=True)
+    meta = dict(ckpt.meta, exported_from=str(source), **(meta_updates or {}))
+    save_checkpoint(out, model, ckpt.config, ckpt.label_map, meta)
+    return load_checkpoint(out)

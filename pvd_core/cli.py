@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pvd_core.training.cli", "train a model with the supervised loss (teacher or baseline)"),
     "distill": ("pvd_core.training.cli", "train a student with PVD from a frozen teacher"),
     "eval": ("pvd_core.evaluation_cli", "per-class IoU and mIoU of a checkpoint on a dataset split"),
+    "export": ("pvd_core.export_cli", "write a run's checkpoint as a shippable one with its data and licence"),
 }
 
 

@@ -153,3 +153,28 @@ def test_checkpoint_is_readable_by_other_users_like_any_file(saved):
     mask = os.umask(0o022)
     os.umask(mask)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~mask
+
+
+def test_export_writes_an_inference_checkpoint_with_its_terms(tmp_path: Path) -> None:
+    import torch
+
+    from pvd_core.checkpoint import load_checkpoint, save_checkpoint
+    from pvd_core.cli import main as pvd_main
+    from pvd_core.config import config_from_dict
+    from pvd_core.labels import SEMANTIC_KITTI
+    from pvd_core.models.cylinder3d import build_model
+    from pvd_core.shipped_models import SEMANTICKITTI_LICENCE, model_card
+
+    cfg = config_from_dict({"grid": {"size": [32, 32, 8]}, "model": {"init_size": 2}})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    run_ckpt = tmp_path / "last.pt"
+    save_checkpoint(run_ckpt, model, cfg, SEMANTIC_KITTI, {"step": 7}, train_state={"optimizer": {"big": [0] * 10}})
+    out = tmp_path / "shipped.pt"
+    assert pvd_main(["export", "--checkpoint", str(run_ckpt), "--out", str(out), "--trained-on", "50 real scans",
+                     "--licence", "semantickitti", "--note", "40 % mIoU"]) == 0
+    shipped = load_checkpoint(out)
+    assert shipped.train_state is None and shipped.meta["step"] == 7
+    assert shipped.meta["licence"] == SEMANTICKITTI_LICENCE and "non-commercial" in model_card(shipped.meta)
+    assert all(torch.equal(shipped.model_state[k], v) for k, v in model.state_dict().items())
+    assert "no data licence" in model_card({"trained_on": "synthetic streets"})

@@ -1,0 +1,47 @@
+"""The models shipped with the package, where an installed copy finds them, and what they may be used for.
+
+One place for the default checkpoint of the node, the launch file, ``pvd_bag`` and the demo:
+``semantickitti_student_pvd.pt`` (real HDL-64 street scenes; non-commercial, because it was
+trained on SemanticKITTI) and ``synthetic_student_pvd.pt`` (synthetic streets; no data licence
+attached) for unencumbered use.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_MODEL = "semantickitti_student_pvd.pt"
+SYNTHETIC_MODEL = "synthetic_student_pvd.pt"
+SEMANTICKITTI_LICENCE = ("CC BY-NC-SA 4.0 (trained on SemanticKITTI: KITTI scans CC BY-NC-SA 3.0, SemanticKITTI "
+                         "labels CC BY-NC-SA 4.0): non-commercial use only, share alike")
+
+
+def model_dirs() -> list[Path]:
+    """Where shipped models live: the source tree, then installed ``share/pvd_ros/models`` folders."""
+    dirs = [Path(__file__).resolve().parents[1] / "models", Path(sys.prefix) / "share" / "pvd_ros" / "models"]
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        if prefix:
+            dirs.append(Path(prefix) / "share" / "pvd_ros" / "models")
+    return dirs
+
+
+def shipped_model(name: str = DEFAULT_MODEL) -> Path:
+    """The path of a shipped model; FileNotFoundError naming every place looked in."""
+    tried = [d / name for d in model_dirs()]
+    for path in tried:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"shipped model {name} not found (looked in {', '.join(str(p) for p in tried)}); "
+                            "give a checkpoint path")
+
+
+def model_card(meta: Mapping[str, Any]) -> str:
+    """One line on what a checkpoint was trained on and under which terms, for start-up logs."""
+    data = meta.get("trained_on") or meta.get("dataset") or "unknown data"
+    licence = meta.get("licence")
+    text = f"trained on {data}"
+    if meta.get("miou_note"):
+        text += f"; {meta['miou_note']}"
+    return text + (f"; licence: {licence}" if licence else "; no data licence recorded")
