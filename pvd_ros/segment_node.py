@@ -6,9 +6,11 @@ Topics (private names; remap them in the launch file):
   ``input_depth``, sensor-data (best effort, keep last 1) by default.
 - ``~/output/points`` (sensor_msgs/PointCloud2, out): the input's header, height, width
   and point order, with fields x, y, z, intensity, rgb, confidence (float32) and label
-  (uint16 class index). Points that are NaN/Inf, outside [min_range, max_range], left
-  out by ``max_points`` or below ``confidence_threshold`` get label 0; all but the last
-  also get confidence 0; every point keeps its raw x, y, z and intensity.
+  (uint16 class index). Points that fail the point rule (``pvd_core.point_rule``: NaN/Inf
+  x, y, z or intensity, exactly (0, 0, 0) as no-return pixels of organised clouds are,
+  outside [min_range, max_range]), left out by ``max_points`` or below
+  ``confidence_threshold`` get label 0; all but the last also get confidence 0; every
+  point keeps its raw x, y, z and intensity.
 - ``~/debug/processing_time_ms`` and ``~/debug/pipeline_latency_ms`` (std_msgs/Float64):
   decode-to-encode time of each cloud, and receive-to-publish latency measured as
   node clock now minus header.stamp (sim time aware).
@@ -29,14 +31,22 @@ whatever the executor, and the answer latency is at most about two processing ti
 
 Ready signal for tools that start the node in-process or as a child process: the
 ``ready`` attribute, the latched ``~/ready`` Bool, and the log line "segment_node ready".
+
+Shutdown (console script, see ``main``): SIGINT and SIGTERM only *request* shutdown, any
+number of them at any time; the main thread then stops the worker, destroys the node and
+the context in that order and leaves with exit status 0. A terminal's Ctrl-C under
+``ros2 launch`` delivers two SIGINTs (to the process group, then launch's own), the second
+often while the first is being handled, so nothing on that path may be interruptible.
 """
 from __future__ import annotations
 
 import faulthandler
 import os
+import signal
 import sys
 import threading
 import time
+import traceback
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,12 +60,14 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Bool, Float64
 from visualization_msgs.msg import MarkerArray
 
 from pvd_core.memory import retain_freed_memory
+from pvd_core.point_rule import PointRule
 from pvd_ros.cloud_codec import CloudError, check_layout, decode_points, encode_labelled, packed_rgb_lut
 from pvd_ros.dds_settings import warn_about_transport
 from pvd_ros.legend import LEGEND_QOS, legend_markers
@@ -64,12 +76,53 @@ from pvd_ros.node_params import NodeParams, ParameterError, declare_parameters
 INPUT_TOPIC = "~/input/points"
 OUTPUT_TOPIC = "~/output/points"
 STAGES = ("decode", "preprocess", "inference", "postprocess", "encode", "total")
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# How often main()'s spin loop looks at the shutdown request: a Python signal handler runs
+# only when the main thread is back in the interpreter, never inside rcl's wait.
+_SPIN_PERIOD_S = 0.1
+# main() waits this long for a worker busy in a forward pass before it leaves without it
+# (below launch's 5 s SIGTERM escalation; the process then exits without finalization).
+_EXIT_JOIN_TIMEOUT_S = 2.0
 _LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 class NodeStartupError(RuntimeError):
     """The node cannot start (bad parameter, missing or mismatched checkpoint); the message says why."""
+
+
+class StartupAborted(RuntimeError):
+    """Shutdown was requested (``abort_startup`` set) while the model was still loading."""
+
+
+class ShutdownRequest:
+    """SIGINT/SIGTERM handlers that only record that shutdown was requested.
+
+    Replaces both rclpy's handlers and Python's KeyboardInterrupt. rclpy's shut the
+    context down from their own thread while the worker may be publishing, and chain to
+    Python's, which raise KeyboardInterrupt wherever the main thread happens to be: a
+    second Ctrl-C then lands in the middle of the shutdown (it was seen in
+    ``Thread.join``), the exception escapes ``main`` and the interpreter finalizes with
+    the worker inside torch and rclpy's signal thread still joinable (``terminate called
+    without an active exception``, exit 134). Here a signal sets an event and returns;
+    the main thread acts on it at a point of its choosing.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.received: list[int] = []
+
+    def install(self) -> None:
+        """Take over SIGINT and SIGTERM (main thread only, as Python requires)."""
+        for signum in SHUTDOWN_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received.append(signum)
+        self.event.set()
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
 
 
 @dataclass
@@ -113,21 +166,28 @@ class SegmentNode(Node):
         context: Optional[Context] = None,
         parameter_overrides: Optional[Sequence[Parameter]] = None,
         cli_args: Optional[list[str]] = None,
+        abort_startup: Optional[threading.Event] = None,
     ) -> None:
+        """``abort_startup``: when set while the model loads, the constructor raises StartupAborted."""
         super().__init__(node_name, namespace=namespace, context=context, cli_args=cli_args,
                          parameter_overrides=list(parameter_overrides) if parameter_overrides else None)
         self._ready = False
         self._stop = False
+        self._destroyed = False
+        # Held by the worker around each of its ROS calls and by the shutdown while it sets _stop:
+        # once _stop is set under it, the worker never touches a publisher again.
+        self._ros_lock = threading.Lock()
         self._worker: Optional[threading.Thread] = None
         try:
-            self._start()
+            self._start(abort_startup)
         except BaseException:
             self._stop = True
+            self._destroyed = True
             super().destroy_node()
             raise
 
     # ------------------------------------------------------------------ start-up
-    def _start(self) -> None:
+    def _start(self, abort_startup: Optional[threading.Event]) -> None:
         try:
             self.params: NodeParams = declare_parameters(self)
         except ParameterError as exc:
@@ -147,8 +207,12 @@ class SegmentNode(Node):
         self._loaded = threading.Event()
         self._load_error: Optional[BaseException] = None
         self._worker = threading.Thread(target=self._run_worker, name="segment_node_worker", daemon=True)
+        self.get_logger().info(f"loading the model {self.params.checkpoint} (warm-up: {self.params.warmup_points} "
+                               "points)")
         self._worker.start()
-        self._loaded.wait()
+        while not self._loaded.wait(timeout=0.05):
+            if abort_startup is not None and abort_startup.is_set():
+                raise StartupAborted("shutdown requested while the model was loading")
         if self._load_error is not None:
             raise self._load_error
         self.label_map = self.segmenter.label_map
@@ -197,8 +261,9 @@ class SegmentNode(Node):
         if params.fp16 and device.type != "cuda":
             raise NodeStartupError(f"segment_node: parameter 'fp16' is true but the device is {device} "
                                    "(half precision needs CUDA; set fp16 to false)")
+        rule = PointRule(min_range=params.min_range, max_range=params.max_range)  # validated with the params
         try:
-            return Segmenter.from_checkpoint(str(path), device=params.device, fp16=params.fp16)
+            return Segmenter.from_checkpoint(str(path), device=params.device, fp16=params.fp16, point_rule=rule)
         except Exception as exc:  # CheckpointError, or torch's own load errors on a corrupt file
             raise NodeStartupError(
                 f"segment_node: parameter 'checkpoint': cannot use {str(path)!r}: {type(exc).__name__}: {exc}"
@@ -260,33 +325,33 @@ class SegmentNode(Node):
         timings = {"decode": (t1 - t0) * 1e3, **stage, "encode": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
         return FrameResult(msg=out, timings=timings, num_points=n, num_inferred=num_inferred)
 
-    def destroy_node(self) -> None:
-        self._stop_worker()
+    def destroy_node(self, join_timeout_s: float = 30.0) -> None:
+        """Stop the worker, then destroy the node; safe to call more than once.
+
+        Waits up to ``join_timeout_s`` for a worker that is inside a forward pass; after
+        that the worker is left to finish on its own (it never publishes once stopped).
+        """
+        if self._destroyed:
+            return
+        self._destroyed = True
+        self._stop_worker(join_timeout_s)
         super().destroy_node()
 
     # ------------------------------------------------------------------ internals
     def _select_points(self, points: np.ndarray) -> Optional[np.ndarray]:
-        """Indices of points to send to the network, or None for all of them (no copy)."""
-        # The Segmenter labels NaN/Inf rows 0 itself; they are filtered here only when a subset is sent anyway.
-        p = self.params
-        if p.min_range <= 0.0 and p.max_range <= 0.0 and (not p.max_points or points.shape[0] <= p.max_points):
+        """Indices of points to send to the network when ``max_points`` leaves some out, else None.
+
+        Which points may reach the network at all is the Segmenter's point rule; this only
+        spreads the ``max_points`` budget uniformly over the points that pass it.
+        """
+        max_points = self.params.max_points
+        if not max_points or points.shape[0] <= max_points:
             return None
-        xyz = points[:, :3]
-        # isfinite(...).all(axis=1) reduces over a length-4 axis slowly; the 4 flags of a row are one uint32.
-        valid = np.isfinite(points).view(np.uint32).reshape(-1) == np.uint32(0x01010101)
-        if p.min_range > 0.0 or p.max_range > 0.0:
-            with np.errstate(invalid="ignore"):
-                r2 = np.einsum("ij,ij->i", xyz, xyz)
-                if p.min_range > 0.0:
-                    valid &= r2 >= p.min_range * p.min_range
-                if p.max_range > 0.0:
-                    valid &= r2 <= p.max_range * p.max_range
-        all_valid = bool(valid.all())
-        if all_valid and (not p.max_points or points.shape[0] <= p.max_points):
-            return None
-        index = np.flatnonzero(valid)
-        if p.max_points and index.size > p.max_points:
-            index = index[np.linspace(0, index.size - 1, p.max_points).astype(np.int64)]
+        index = self.segmenter.point_rule.select(points)
+        if index is None:
+            index = np.arange(points.shape[0])
+        if index.size > max_points:
+            index = index[np.linspace(0, index.size - 1, max_points).astype(np.int64)]
         return index
 
     def _on_cloud(self, msg: PointCloud2) -> None:
@@ -313,7 +378,9 @@ class SegmentNode(Node):
                                   throttle_duration_sec=5.0)
 
     def _has_subscribers(self) -> bool:
-        return any(pub.get_subscription_count() > 0 for pub in (self._cloud_pub, self._time_pub, self._latency_pub))
+        with self._ros_lock:
+            return not self._stop and any(
+                pub.get_subscription_count() > 0 for pub in (self._cloud_pub, self._time_pub, self._latency_pub))
 
     def _run_worker(self) -> None:
         """The node's one torch thread: load and warm up the model, then process clouds.
@@ -324,6 +391,10 @@ class SegmentNode(Node):
         op then pays a futex wake-up: the voxelizer of a 123 k-point scan went from 6 to 11 ms
         on a 2-core machine. Nothing else in the node touches torch.
         """
+        # Process-directed signals go to a thread that does not block them; keep them off this one
+        # (and the OpenMP team it starts, which inherits the mask) so that torch's and libgomp's
+        # waits are never interrupted: the Python handlers run on the main thread in any case.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
         try:
             self.torch_threads = self._set_threads(self.params.num_threads)
             self.segmenter = self._load_segmenter(self.params)
@@ -376,11 +447,18 @@ class SegmentNode(Node):
                 self.get_logger().error(f"processing a cloud failed: {type(exc).__name__}: {exc}",
                                         throttle_duration_sec=5.0)
                 continue
-            if self._stop:
+            if not self._publish(msg, result, received, started):
                 return
-            self._publish(msg, result, received, started)
 
-    def _publish(self, msg: PointCloud2, result: FrameResult, received: float, started: float) -> None:
+    def _publish(self, msg: PointCloud2, result: FrameResult, received: float, started: float) -> bool:
+        """Publish one result; False (and nothing published) once the node is stopping."""
+        with self._ros_lock:
+            if self._stop:
+                return False
+            self._publish_locked(msg, result, received, started)
+            return True
+
+    def _publish_locked(self, msg: PointCloud2, result: FrameResult, received: float, started: float) -> None:
         if self._legend_pub is not None and not self.params.legend_frame_id \
                 and msg.header.frame_id != self._legend_frame:
             self._publish_legend(msg.header.frame_id)
@@ -443,41 +521,59 @@ class SegmentNode(Node):
         array.status = [self.diagnostic_status()]
         self._diag_pub.publish(array)
 
-    def _stop_worker(self) -> None:
-        self._stop = True
-        if self._worker is not None:
-            with self._lock:
-                self._lock.notify_all()
-            if self._worker is not threading.current_thread():
-                self._worker.join(timeout=30.0)
-            self._worker = None
+    def _stop_worker(self, join_timeout_s: float) -> None:
+        with self._ros_lock:  # waits out a publish in progress; the worker checks _stop under this lock
+            self._stop = True
+        with self._lock:
+            self._lock.notify_all()
+        worker, self._worker = self._worker, None
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=join_timeout_s)
+            if worker.is_alive():
+                self.get_logger().info(f"worker still inside a forward pass after {join_timeout_s:.1f} s; "
+                                       "leaving without it (it publishes nothing more)")
 
 
 def main(args: Optional[list[str]] = None) -> int:
     """Console script ``segment_node`` (``ros2 run pvd_ros segment_node --ros-args ...``).
 
-    Exit status: 0 after Ctrl-C / shutdown (also during start-up), 1 when the node refuses to start.
+    Exit status: 0 after SIGINT/SIGTERM (any number, at any time after the module is
+    imported, including during start-up), 1 when the node refuses to start.
+
+    Order of the shutdown, each step once and none interruptible (the signal handlers
+    never raise): stop spinning, stop the worker (after a publish in progress; a
+    forward pass is waited for at most ``_EXIT_JOIN_TIMEOUT_S``), destroy the node,
+    shut the context down. ``console_main`` then leaves without interpreter teardown.
     """
     faulthandler.enable()  # a native crash prints the Python stack instead of a bare SIGSEGV
-    rclpy.init(args=args)
-    warn_about_transport(rclpy.logging.get_logger("segment_node"))  # DDS settings default peers miss
+    request = ShutdownRequest()
+    request.install()  # before rclpy.init: a Ctrl-C during start-up is a request too
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    logger = rclpy.logging.get_logger("segment_node")
+    warn_about_transport(logger)  # DDS settings default peers miss
     node: Optional[SegmentNode] = None
     executor: Optional[SingleThreadedExecutor] = None
     try:
-        node = SegmentNode()
+        node = SegmentNode(abort_startup=request.event)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while not request:
+            executor.spin_once(timeout_sec=_SPIN_PERIOD_S)
+    except StartupAborted:
+        pass
     except NodeStartupError as exc:
-        rclpy.logging.get_logger("segment_node").fatal(str(exc))
+        logger.fatal(str(exc))
         return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:  # someone else shut the context down: also a clean exit
         pass
     finally:
+        if request:
+            names = ", ".join(signal.Signals(s).name for s in request.received)
+            logger.info(f"shutting down ({names})")
         if executor is not None:
             executor.shutdown()
         if node is not None:
-            node.destroy_node()
+            node.destroy_node(join_timeout_s=_EXIT_JOIN_TIMEOUT_S)
         rclpy.try_shutdown()
     return 0
 
@@ -497,7 +593,12 @@ def _exit_without_native_teardown(code: int) -> None:
 
 def console_main() -> None:
     """Entry point of the ``segment_node`` console script."""
-    _exit_without_native_teardown(main())
+    try:
+        code = main()
+    except BaseException:  # a bug: say where, then leave the same way (never through interpreter teardown)
+        traceback.print_exc()
+        code = 1
+    _exit_without_native_teardown(code)
 
 
 if __name__ == "__main__":
