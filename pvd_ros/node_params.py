@@ -15,6 +15,8 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from pvd_core.point_rule import DEFAULT_MIN_RANGE
+
 DEVICES = ("auto", "cpu", "cuda")
 RELIABILITIES = ("best_effort", "reliable")
 
@@ -32,7 +34,7 @@ class NodeParams:
     fp16: bool = False
     num_threads: int = 0
     max_points: int = 0
-    min_range: float = 0.0
+    min_range: float = DEFAULT_MIN_RANGE
     max_range: float = 0.0
     confidence_threshold: float = 0.0
     input_reliability: str = "best_effort"
@@ -89,13 +91,16 @@ class NodeParams:
 _DESCRIPTIONS: dict[str, str] = {
     "checkpoint": "Path of the student checkpoint (.pt) to run; required.",
     "device": "auto (CUDA when available, else CPU), cpu or cuda.",
-    "fp16": "Half-precision inference (CUDA only; ignored on CPU by the Segmenter).",
+    "fp16": "Half-precision inference; needs a CUDA device: with true the node refuses to start on "
+            "the CPU (device cpu, or auto without CUDA).",
     "num_threads": "CPU threads for inference (torch intra-op); 0 = torch's default, one per core. "
                    "Lower it to leave cores to other nodes on the robot.",
     "max_points": "Most points sent to the network per cloud (0 = all); the rest, chosen by a "
                   "uniform stride, get label 0 and confidence 0.",
-    "min_range": "Points closer than this (metres, 3D distance to the sensor origin) get label 0.",
-    "max_range": "Points farther than this (metres) get label 0; 0 = no limit.",
+    "min_range": "Points closer than this (metres, 3D distance to the sensor origin) get label 0 and never "
+                 "reach the network. Points exactly at (0, 0, 0), the no-return pixels of organised clouds, "
+                 "get label 0 whatever this is.",
+    "max_range": "Points farther than this (metres) get label 0 and never reach the network; 0 = no limit.",
     "confidence_threshold": "Points whose max softmax probability is below this get label 0.",
     "input_reliability": "QoS reliability of ~/input/points: best_effort (sensor data) or reliable.",
     "input_depth": "QoS history depth of ~/input/points (keep last N); 1 = newest scan only.",

@@ -553,3 +553,61 @@ def test_console_script_starts_reports_ready_and_stops_on_sigint(ros_context, ti
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_organised_cloud_no_return_origin_points_get_label_zero(make_harness, reference_segmenter):
+    """An Ouster-style organised cloud (height 8): its no-return pixels are (0, 0, 0), with intensity 0."""
+    harness = make_harness()
+    harness.subscribe_output()
+    height, width = 8, 256
+    ref = synthetic_points(height * width, seed=21)
+    no_return = np.random.default_rng(21).random(ref.shape[0]) < 0.4  # about 40% zeros, as in a real OS1 scan
+    ref[no_return] = 0.0
+    sent = make_cloud(header(61, frame="os_sensor"), ref, height=height)
+    answer = harness.publish_and_wait(sent)
+    assert (answer.height, answer.width) == (height, width)
+    out = read_output(answer)
+    assert (out["label"][no_return] == 0).all() and (out["confidence"][no_return] == 0).all()
+    assert (out["label"][~no_return] > 0).all()
+    # The other points are labelled as without the zeros: the zeros never reached the network.
+    alone = reference_segmenter.segment(ref[~no_return])
+    np.testing.assert_array_equal(out["label"][~no_return], alone.labels)
+
+
+def test_eval_replay_scoring_and_node_agree_on_which_points_count(make_harness, tiny_checkpoint, tmp_path):
+    """NaN x, NaN intensity, (0, 0, 0) and a point inside min_range: the node labels exactly these 0,
+    replay leaves exactly these out of its ground truth and eval scores every other point."""
+    from pvd_ros import bag_io
+    from pvd_ros.bag_eval import evaluate_bag
+    from pvd_ros.bag_replay import load_frames
+
+    pts = synthetic_points(1500, seed=31)
+    pts[[1, 2], 0] = np.nan
+    pts[[3, 4], 3] = np.nan
+    pts[[5, 6, 7]] = 0.0
+    pts[8, :3] = [0.05, 0.0, 0.0]
+    unscored = np.zeros(len(pts), bool)
+    unscored[1:9] = True
+    raw = np.full(len(pts), 10, np.uint32)  # SemanticKITTI raw 10 = car: every point has a class
+    bag = tmp_path / "rule.bag"
+    with bag_io.CloudBagWriter(bag, "/points") as writer:
+        writer.write(bag_io.make_cloud(pts, raw, 1_000_000_000), 1_000_000_000)
+
+    harness = make_harness()
+    harness.subscribe_output()
+    node_labels = read_output(harness.publish_and_wait(make_cloud(header(71), pts)))["label"]
+    np.testing.assert_array_equal(node_labels == 0, unscored)
+    (frame,) = load_frames(bag, "/points", SEMANTIC_KITTI, None, False)
+    np.testing.assert_array_equal(frame.gt == 0, unscored)
+    report = evaluate_bag(bag, tiny_checkpoint, topic="/points", device="cpu", progress=False)
+    assert report["scored_points"] == int((~unscored).sum())
+
+
+def test_fp16_description_says_the_node_refuses_it_on_the_cpu(make_harness):
+    """What `ros2 param describe` shows matches what the node does with fp16 on a CPU device."""
+    node = make_harness().node
+    (descriptor,) = node.describe_parameters(["fp16"])
+    assert "CUDA" in descriptor.description and "refuses to start" in descriptor.description
+    assert "ignored" not in descriptor.description
+    (min_range,) = node.describe_parameters(["min_range"])
+    assert "(0, 0, 0)" in min_range.description
