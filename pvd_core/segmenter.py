@@ -139,8 +139,11 @@ class Segmenter:
                         fp16: bool = False, tta: int = 1, point_rule: PointRule = PointRule()) -> "Segmenter":
         from pvd_core.checkpoint import build_model_from_checkpoint, load_checkpoint
 
+        from pvd_core.models.fusion import fold_point_mlps
+
         ckpt = load_checkpoint(path, map_location="cpu")
-        model = build_model_from_checkpoint(ckpt, device="cpu")
+        # A loaded model never trains again: fold the per-point MLPs' BatchNorms (same outputs).
+        model = fold_point_mlps(build_model_from_checkpoint(ckpt, device="cpu"))
         seg = cls(model, ckpt.config, ckpt.label_map, device=device, fp16=fp16, tta=tta, point_rule=point_rule)
         seg.meta = dict(ckpt.meta, checkpoint=str(path))
         return seg

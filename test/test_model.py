@@ -149,3 +149,39 @@ def test_two_thread_forward_matches_one_thread():
     for out in two:
         torch.testing.assert_close(out.voxel_logits, one.voxel_logits, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out.point_logits, one.point_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_point_mlps_give_the_same_outputs(single_torch_thread) -> None:
+    import numpy as np
+    from torch import nn
+
+    from pvd_core.config import config_from_dict
+    from pvd_core.data.batch import collate_scans
+    from pvd_core.models.cylinder3d import build_model
+    from pvd_core.models.fusion import fold_point_mlps
+    from pvd_core.voxelizer import CylindricalVoxelizer
+
+    cfg = config_from_dict({"grid": {"size": [32, 32, 8]}, "model": {"init_size": 4}})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    # Non-trivial BatchNorm statistics and affine terms, as after training.
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.uniform(-20, 20, (3000, 2)), rng.uniform(-2, 1, (3000, 1)),
+                             rng.uniform(0, 1, (3000, 1))], 1).astype(np.float32)
+    batch = collate_scans([CylindricalVoxelizer(cfg.grid)(points)], cfg.grid.size)
+    folded = fold_point_mlps(model)
+    bn_left = [m for m in folded.point_head.hidden if isinstance(m, nn.BatchNorm1d)]
+    assert not bn_left and not any(isinstance(m, nn.BatchNorm1d) for m in list(folded.cylinder_3d_generator.PPmodel)[1:])
+    with torch.no_grad():
+        a, b = model(batch), folded(batch)
+    torch.testing.assert_close(b.point_logits, a.point_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b.voxel_logits, a.voxel_logits, rtol=1e-4, atol=1e-4)
+    # The original keeps its BatchNorm layers (training validation hands the live model over).
+    assert any(isinstance(m, nn.BatchNorm1d) for m in model.point_head.hidden)
