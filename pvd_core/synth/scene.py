@@ -306,28 +306,70 @@ def _spaced(xs: list[tuple[float, str]], gap: float) -> list[tuple[float, str]]:
     return out
 
 
-def _populate_side(b: SceneBuilder, rng: np.random.Generator, layout: StreetLayout, blk: int, side: int,
-                   style: int) -> None:
-    sgn = 1 if side == 1 else -1
-    edge = layout.edge(side)
-    pw = float(layout.parking_width[blk, side])
+@dataclass
+class _Side:
+    """One side of one block: where its strips lie (outward distances from the road's edge) and its free span."""
+
+    sgn: int  # +1 left of the road (side 1), -1 right (side 0)
+    edge: float
+    pw: float  # parking strip width
+    sw: float  # sidewalk width
+    xa: float  # the free span along x, clear of the cross streets
+    xb: float
+
+    def Y(self, e: float) -> float:
+        """The y of a point ``e`` metres outward from the road's edge."""
+        return self.sgn * (self.edge + e)
+
+    @property
+    def span(self) -> float:
+        return self.xb - self.xa
+
+    @property
+    def front(self) -> float:
+        """Where the frontage starts (outward distance from the road's edge)."""
+        return self.pw + self.sw
+
+
+def _side_extent(layout: StreetLayout, blk: int, side: int) -> Optional[_Side]:
+    """The strips and free span of ``side`` of block ``blk``; None when the span is under 5 m (draws nothing)."""
     sw = float(layout.sidewalk_width[blk, side])
-
-    def Y(e: float) -> float:
-        return sgn * (edge + e)
-
     x0, x1 = float(layout.bounds[blk]), float(layout.bounds[blk + 1])
     m0 = layout.cross_width[blk] / 2 + sw + 1.0 if layout.cross_side[blk, side] and layout.cross_width[blk] > 0 else 0.5
     m1 = (layout.cross_width[blk + 1] / 2 + sw + 1.0
           if layout.cross_side[blk + 1, side] and layout.cross_width[blk + 1] > 0 else 0.5)
     xa, xb = x0 + m0, x1 - m1
     if xb - xa < 5.0:
-        return
-    span = xb - xa
-    toward_road = -sgn
-    traffic_dir = 1 if side == 0 else -1  # right-hand traffic: the right side's traffic goes +x
+        return None
+    return _Side(sgn=1 if side == 1 else -1, edge=layout.edge(side), pw=float(layout.parking_width[blk, side]),
+                 sw=sw, xa=xa, xb=xb)
 
-    # Kerbside furniture: lights, signs, trees, traffic lights at junction corners.
+
+def _populate_side(b: SceneBuilder, rng: np.random.Generator, layout: StreetLayout, blk: int, side: int,
+                   style: int) -> None:
+    """Everything on one side of one block, in a fixed order of draws from ``rng`` (a seed writes the same town)."""
+    s = _side_extent(layout, blk, side)
+    if s is None:
+        return
+    _place_kerb_furniture(b, rng, layout, blk, side, s, style)
+    _place_parked_vehicles(b, rng, side, s)
+    _place_people(b, rng, s)
+    if style == URBAN:
+        _place_urban_frontage(b, rng, s)
+    elif style == RESIDENTIAL:
+        _place_residential_lots(b, rng, s)
+    else:
+        _place_green_frontage(b, rng, s)
+    _place_shrub_row(b, rng, s, style)
+    _place_back_row(b, rng, s, style)
+
+
+def _place_kerb_furniture(b: SceneBuilder, rng: np.random.Generator, layout: StreetLayout, blk: int, side: int,
+                          s: _Side, style: int) -> None:
+    """Kerbside furniture: lights, signs, trees, traffic lights at junction corners, bins."""
+    xa, xb, pw, sw = s.xa, s.xb, s.pw, s.sw
+    toward_road = -s.sgn
+    traffic_dir = 1 if side == 0 else -1  # right-hand traffic: the right side's traffic goes +x
     kerb: list[tuple[float, str]] = []
     spacing = rng.uniform(25.0, 40.0)
     kerb += [(float(x), "light") for x in np.arange(xa + rng.uniform(0, spacing), xb, spacing)]
@@ -335,140 +377,165 @@ def _populate_side(b: SceneBuilder, rng: np.random.Generator, layout: StreetLayo
         kerb.append((xb - rng.uniform(0.5, 3.0), "signal" if rng.random() < 0.4 else "sign"))
     if layout.cross_width[blk] > 0 and rng.random() < 0.5:
         kerb.append((xa + rng.uniform(0.5, 3.0), "sign"))
-    kerb += [(float(x), "sign") for x in rng.uniform(xa, xb, rng.poisson(span / 45.0))]
+    kerb += [(float(x), "sign") for x in rng.uniform(xa, xb, rng.poisson(s.span / 45.0))]
     tree_p = {URBAN: 0.6, RESIDENTIAL: 0.85, GREEN: 0.95}[style]
     if rng.random() < tree_p:
         tsp = rng.uniform(6.0, 12.0)
         kerb += [(float(x), "tree") for x in np.arange(xa + rng.uniform(0, tsp), xb, tsp)]
-    kerb += [(float(x), "bin") for x in rng.uniform(xa, xb, rng.poisson(span / 50.0))]
+    kerb += [(float(x), "bin") for x in rng.uniform(xa, xb, rng.poisson(s.span / 50.0))]
     for x, what in _spaced(kerb, 1.6):
         if what == "light":
-            add_street_light(b, rng, x, Y(pw + 0.45), toward_road)
+            add_street_light(b, rng, x, s.Y(pw + 0.45), toward_road)
         elif what == "sign":
-            add_sign(b, rng, x, Y(pw + 0.4), facing=-traffic_dir)
+            add_sign(b, rng, x, s.Y(pw + 0.4), facing=-traffic_dir)
         elif what == "signal":
-            add_sign(b, rng, x, Y(pw + 0.45), facing=-traffic_dir, traffic_light=True)
+            add_sign(b, rng, x, s.Y(pw + 0.45), facing=-traffic_dir, traffic_light=True)
         elif what == "tree":
             e = pw + 0.9 if sw >= 2.6 else pw + sw + 1.3
-            add_tree(b, rng, x, Y(e))
+            add_tree(b, rng, x, s.Y(e))
         else:  # waste bin or bench: raw "other-object", unlabeled for training like in the real data
-            b.add(BOX, (x, Y(pw + 0.5), 0.5), (0.3, 0.3, 0.5), raw=OTHER_OBJECT, albedo=float(rng.uniform(0.1, 0.4)))
+            b.add(BOX, (x, s.Y(pw + 0.5), 0.5), (0.3, 0.3, 0.5), raw=OTHER_OBJECT, albedo=float(rng.uniform(0.1, 0.4)))
 
-    # Parked vehicles in the parking strip, parallel to the kerb.
-    if pw > 0:
-        occupancy = rng.uniform(0.15, 0.65)
-        x = xa + rng.uniform(0.0, 3.0)
-        yaw0 = 0.0 if side == 0 else math.pi
-        while x < xb - 5.0:
-            if rng.random() < occupancy:
-                kind = rng.choice(["car", "van", "truck", "moto"], p=[0.88, 0.05, 0.02, 0.05])
-                yaw = yaw0 + float(rng.normal(0, 0.03)) + (math.pi if rng.random() < 0.08 else 0.0)
-                y = Y(pw / 2 + rng.uniform(-0.15, 0.15))
-                if kind == "moto":
-                    add_motorcycle(b, rng, x + 1.0, y, yaw)
-                    length = 2.0
-                else:
-                    kind_id = {"car": CAR, "van": OTHER_VEHICLE, "truck": TRUCK}[str(kind)]
-                    length = add_vehicle(b, rng, x, y, yaw, kind_id, from_rear=True)
+
+def _place_parked_vehicles(b: SceneBuilder, rng: np.random.Generator, side: int, s: _Side) -> None:
+    """Parked vehicles in the parking strip (if any), parallel to the kerb."""
+    pw = s.pw
+    if pw <= 0:
+        return
+    occupancy = rng.uniform(0.15, 0.65)
+    x = s.xa + rng.uniform(0.0, 3.0)
+    yaw0 = 0.0 if side == 0 else math.pi
+    while x < s.xb - 5.0:
+        if rng.random() < occupancy:
+            kind = rng.choice(["car", "van", "truck", "moto"], p=[0.88, 0.05, 0.02, 0.05])
+            yaw = yaw0 + float(rng.normal(0, 0.03)) + (math.pi if rng.random() < 0.08 else 0.0)
+            y = s.Y(pw / 2 + rng.uniform(-0.15, 0.15))
+            if kind == "moto":
+                add_motorcycle(b, rng, x + 1.0, y, yaw)
+                length = 2.0
             else:
-                length = rng.uniform(4.0, 6.0)
-            x += length + rng.uniform(0.7, 2.5)
+                kind_id = {"car": CAR, "van": OTHER_VEHICLE, "truck": TRUCK}[str(kind)]
+                length = add_vehicle(b, rng, x, y, yaw, kind_id, from_rear=True)
+        else:
+            length = rng.uniform(4.0, 6.0)
+        x += length + rng.uniform(0.7, 2.5)
 
-    # Pedestrians on the sidewalk (in its middle, clear of the kerb furniture), parked bicycles.
+
+def _place_people(b: SceneBuilder, rng: np.random.Generator, s: _Side) -> None:
+    """Pedestrians on the sidewalk (in its middle, clear of the kerb furniture), parked bicycles, a cyclist."""
+    xa, xb, pw, sw = s.xa, s.xb, s.pw, s.sw
     lane_lo, lane_hi = pw + min(1.1, sw / 2), pw + max(sw - 0.35, min(1.1, sw / 2) + 0.01)
-    for _ in range(rng.poisson(span * rng.uniform(0.01, 0.05))):
+    for _ in range(rng.poisson(s.span * rng.uniform(0.01, 0.05))):
         x = rng.uniform(xa, xb)
-        y = Y(rng.uniform(lane_lo, lane_hi))
+        y = s.Y(rng.uniform(lane_lo, lane_hi))
         walking = rng.random() < 0.6
         v = (float(rng.choice([-1, 1]) * rng.uniform(0.8, 1.6)), 0.0) if walking else (0.0, 0.0)
         yaw = (0.0 if v[0] > 0 else math.pi) if walking else float(rng.uniform(0, 2 * math.pi))
         add_person(b, rng, x, y, yaw, velocity=v)
         if rng.random() < 0.25:
-            add_person(b, rng, x + 0.7, y + sgn * 0.5, yaw, velocity=v)
-    for _ in range(rng.poisson(span / 90.0)):
+            add_person(b, rng, x + 0.7, y + s.sgn * 0.5, yaw, velocity=v)
+    for _ in range(rng.poisson(s.span / 90.0)):
         x = rng.uniform(xa, xb - 3)
         for k in range(int(rng.integers(1, 4))):
-            add_cyclist(b, rng, x + 0.75 * k, Y(pw + sw - 0.45), math.pi / 2 + float(rng.normal(0, 0.1)), rider=False)
+            add_cyclist(b, rng, x + 0.75 * k, s.Y(pw + sw - 0.45), math.pi / 2 + float(rng.normal(0, 0.1)),
+                        rider=False)
     if rng.random() < 0.15:
         v = float(rng.choice([-1, 1]) * rng.uniform(2.5, 4.5))
-        add_cyclist(b, rng, rng.uniform(xa, xb), Y(rng.uniform(lane_lo, lane_hi)), 0.0 if v > 0 else math.pi,
+        add_cyclist(b, rng, rng.uniform(xa, xb), s.Y(rng.uniform(lane_lo, lane_hi)), 0.0 if v > 0 else math.pi,
                     velocity=(v, 0.0))
 
-    front = pw + sw  # where the frontage starts (outward distance from the road's edge)
-    if style == URBAN:
-        x = xa - rng.uniform(0, 2)
-        while x < xb:
-            w = min(rng.uniform(10.0, 35.0), xb + 2 - x)
-            if w < 4:
-                break
-            if rng.random() < 0.22:  # a gap between buildings: gate, fence, shrubs
-                gap = rng.uniform(3.0, 9.0)
-                if rng.random() < 0.5:
-                    add_wall_run(b, rng, x, min(x + gap, xb), Y(front + 0.3), rng.uniform(1.2, 2.2), FENCE, 0.06,
-                                 0.0 if rng.random() < 0.5 else 0.04, float(rng.uniform(0.15, 0.4)))
-                for _ in range(int(rng.integers(1, 4))):
-                    add_bush(b, rng, x + rng.uniform(0.5, gap), Y(front + rng.uniform(1.5, 5.0)))
-                if rng.random() < 0.6:
-                    add_tree(b, rng, x + gap / 2, Y(front + rng.uniform(2.0, 6.0)))
-                x += gap
+
+def _place_urban_frontage(b: SceneBuilder, rng: np.random.Generator, s: _Side) -> None:
+    """A row of buildings at the sidewalk, with gaps (gate, fence, shrubs, a tree) between some."""
+    xb, front = s.xb, s.front
+    x = s.xa - rng.uniform(0, 2)
+    while x < xb:
+        w = min(rng.uniform(10.0, 35.0), xb + 2 - x)
+        if w < 4:
+            break
+        if rng.random() < 0.22:  # a gap between buildings: gate, fence, shrubs
+            gap = rng.uniform(3.0, 9.0)
+            if rng.random() < 0.5:
+                add_wall_run(b, rng, x, min(x + gap, xb), s.Y(front + 0.3), rng.uniform(1.2, 2.2), FENCE, 0.06,
+                             0.0 if rng.random() < 0.5 else 0.04, float(rng.uniform(0.15, 0.4)))
+            for _ in range(int(rng.integers(1, 4))):
+                add_bush(b, rng, x + rng.uniform(0.5, gap), s.Y(front + rng.uniform(1.5, 5.0)))
+            if rng.random() < 0.6:
+                add_tree(b, rng, x + gap / 2, s.Y(front + rng.uniform(2.0, 6.0)))
+            x += gap
+            continue
+        setback = 0.0 if rng.random() < 0.6 else rng.uniform(0.5, 4.0)
+        add_building(b, rng, x, x + w, s.Y(front + setback), s.sgn, rng.uniform(10.0, 22.0), rng.uniform(7.0, 28.0))
+        x += w
+
+
+def _place_residential_lots(b: SceneBuilder, rng: np.random.Generator, s: _Side) -> None:
+    """Lots: fence or hedge with a driveway gap, a set-back house, trees and bushes, sometimes a parked car."""
+    xb, front, sgn = s.xb, s.front, s.sgn
+    x = s.xa
+    while x < xb - 8:
+        lot = min(rng.uniform(14.0, 26.0), xb - x)
+        border = rng.choice(["fence", "hedge", "none"], p=[0.4, 0.4, 0.2])
+        drive = rng.uniform(0.5, max(0.6, lot - 4.0))
+        for a, c in ((x, x + drive), (x + drive + 3.5, x + lot)):
+            if c - a < 0.5:
                 continue
-            setback = 0.0 if rng.random() < 0.6 else rng.uniform(0.5, 4.0)
-            add_building(b, rng, x, x + w, Y(front + setback), sgn, rng.uniform(10.0, 22.0), rng.uniform(7.0, 28.0))
-            x += w
-    elif style == RESIDENTIAL:
-        x = xa
-        while x < xb - 8:
-            lot = min(rng.uniform(14.0, 26.0), xb - x)
-            border = rng.choice(["fence", "hedge", "none"], p=[0.4, 0.4, 0.2])
-            drive = rng.uniform(0.5, max(0.6, lot - 4.0))
-            for a, c in ((x, x + drive), (x + drive + 3.5, x + lot)):
-                if c - a < 0.5:
-                    continue
-                if border == "fence":
-                    add_wall_run(b, rng, a, c, Y(front + 0.3), rng.uniform(0.9, 1.8), FENCE, 0.06,
-                                 0.0 if rng.random() < 0.6 else 0.05, float(rng.uniform(0.15, 0.45)))
-                elif border == "hedge":
-                    add_wall_run(b, rng, a, c, Y(front + 0.7), rng.uniform(0.9, 2.0), VEGETATION, 0.9, 0.2,
-                                 float(rng.uniform(0.3, 0.5)))
-            w = min(rng.uniform(8.0, 14.0), lot - 3.0)
-            setback = rng.uniform(4.0, 10.0)
-            if w > 5:
-                hx = x + rng.uniform(1.5, lot - w - 1.0) if lot - w > 2.5 else x + 1.0
-                add_building(b, rng, hx, hx + w, Y(front + setback), sgn, rng.uniform(8.0, 12.0), rng.uniform(5.0, 9.0))
-            for _ in range(int(rng.integers(0, 4))):
-                add_tree(b, rng, x + rng.uniform(1, lot - 1), Y(front + rng.uniform(1.8, max(2.0, setback - 1.5))),
-                         scale=float(rng.uniform(0.7, 1.1)))
-            for _ in range(int(rng.integers(0, 3))):  # trees behind the house, crowns over the roof line
-                add_tree(b, rng, x + rng.uniform(1, lot - 1), Y(front + setback + rng.uniform(11.0, 18.0)),
-                         scale=float(rng.uniform(0.9, 1.4)))
-            for _ in range(int(rng.integers(1, 6))):
-                add_bush(b, rng, x + rng.uniform(0.5, lot - 0.5), Y(front + rng.uniform(1.2, max(1.5, setback - 0.8))))
-            if rng.random() < 0.2:  # a car in the driveway
-                add_vehicle(b, rng, x + drive + 1.75, Y(front + 3.0), sgn * math.pi / 2 + float(rng.normal(0, 0.05)), CAR)
-            x += lot
-    else:  # GREEN: park or verge with scattered trees and bushes, maybe a fence
-        if rng.random() < 0.4:
-            add_wall_run(b, rng, xa, xb, Y(front + 0.4), rng.uniform(1.0, 2.0), FENCE, 0.05, 0.05,
-                         float(rng.uniform(0.15, 0.4)))
-        area = span * 35.0
-        for _ in range(rng.poisson(area / rng.uniform(35.0, 90.0))):
-            add_tree(b, rng, rng.uniform(xa, xb), Y(front + rng.uniform(1.5, 36.0)), scale=float(rng.uniform(0.7, 1.3)))
-        for _ in range(rng.poisson(area / 50.0)):
-            add_bush(b, rng, rng.uniform(xa, xb), Y(front + rng.uniform(1.0, 36.0)))
-    # A row of shrubs along the frontage edge.
+            if border == "fence":
+                add_wall_run(b, rng, a, c, s.Y(front + 0.3), rng.uniform(0.9, 1.8), FENCE, 0.06,
+                             0.0 if rng.random() < 0.6 else 0.05, float(rng.uniform(0.15, 0.45)))
+            elif border == "hedge":
+                add_wall_run(b, rng, a, c, s.Y(front + 0.7), rng.uniform(0.9, 2.0), VEGETATION, 0.9, 0.2,
+                             float(rng.uniform(0.3, 0.5)))
+        w = min(rng.uniform(8.0, 14.0), lot - 3.0)
+        setback = rng.uniform(4.0, 10.0)
+        if w > 5:
+            hx = x + rng.uniform(1.5, lot - w - 1.0) if lot - w > 2.5 else x + 1.0
+            add_building(b, rng, hx, hx + w, s.Y(front + setback), sgn, rng.uniform(8.0, 12.0), rng.uniform(5.0, 9.0))
+        for _ in range(int(rng.integers(0, 4))):
+            add_tree(b, rng, x + rng.uniform(1, lot - 1), s.Y(front + rng.uniform(1.8, max(2.0, setback - 1.5))),
+                     scale=float(rng.uniform(0.7, 1.1)))
+        for _ in range(int(rng.integers(0, 3))):  # trees behind the house, crowns over the roof line
+            add_tree(b, rng, x + rng.uniform(1, lot - 1), s.Y(front + setback + rng.uniform(11.0, 18.0)),
+                     scale=float(rng.uniform(0.9, 1.4)))
+        for _ in range(int(rng.integers(1, 6))):
+            add_bush(b, rng, x + rng.uniform(0.5, lot - 0.5), s.Y(front + rng.uniform(1.2, max(1.5, setback - 0.8))))
+        if rng.random() < 0.2:  # a car in the driveway
+            add_vehicle(b, rng, x + drive + 1.75, s.Y(front + 3.0), sgn * math.pi / 2 + float(rng.normal(0, 0.05)),
+                        CAR)
+        x += lot
+
+
+def _place_green_frontage(b: SceneBuilder, rng: np.random.Generator, s: _Side) -> None:
+    """A park or verge with scattered trees and bushes, maybe a fence."""
+    xa, xb, front = s.xa, s.xb, s.front
+    if rng.random() < 0.4:
+        add_wall_run(b, rng, xa, xb, s.Y(front + 0.4), rng.uniform(1.0, 2.0), FENCE, 0.05, 0.05,
+                     float(rng.uniform(0.15, 0.4)))
+    area = s.span * 35.0
+    for _ in range(rng.poisson(area / rng.uniform(35.0, 90.0))):
+        add_tree(b, rng, rng.uniform(xa, xb), s.Y(front + rng.uniform(1.5, 36.0)), scale=float(rng.uniform(0.7, 1.3)))
+    for _ in range(rng.poisson(area / 50.0)):
+        add_bush(b, rng, rng.uniform(xa, xb), s.Y(front + rng.uniform(1.0, 36.0)))
+
+
+def _place_shrub_row(b: SceneBuilder, rng: np.random.Generator, s: _Side, style: int) -> None:
+    """Sometimes a row of shrubs along the frontage edge."""
     if style != URBAN and rng.random() < 0.4 or style == URBAN and rng.random() < 0.15:
-        x = xa + rng.uniform(0, 2)
-        while x < xb:
-            add_bush(b, rng, x, Y(front + rng.uniform(0.6, 1.6)))
+        x = s.xa + rng.uniform(0, 2)
+        while x < s.xb:
+            add_bush(b, rng, x, s.Y(s.front + rng.uniform(0.6, 1.6)))
             x += rng.uniform(1.2, 3.5)
-    # A back row of taller buildings behind the frontage, seen over it and through gaps.
+
+
+def _place_back_row(b: SceneBuilder, rng: np.random.Generator, s: _Side, style: int) -> None:
+    """Sometimes a back row of taller buildings behind the frontage, seen over it and through gaps."""
     if rng.random() < {URBAN: 0.7, RESIDENTIAL: 0.4, GREEN: 0.6}[style]:
-        back = front + (38.0 if style == GREEN else rng.uniform(26.0, 40.0))
-        x = xa
-        while x < xb - 6:
-            w = min(rng.uniform(15.0, 40.0), xb - x)
+        back = s.front + (38.0 if style == GREEN else rng.uniform(26.0, 40.0))
+        x = s.xa
+        while x < s.xb - 6:
+            w = min(rng.uniform(15.0, 40.0), s.xb - x)
             if rng.random() < 0.75:
-                add_building(b, rng, x, x + w, Y(back), sgn, rng.uniform(12.0, 25.0), rng.uniform(10.0, 32.0))
+                add_building(b, rng, x, x + w, s.Y(back), s.sgn, rng.uniform(12.0, 25.0), rng.uniform(10.0, 32.0))
             x += w + rng.uniform(0.0, 6.0)
 
 
