@@ -61,8 +61,8 @@ setup(
         "console_scripts": [
             "pvd = pvd_core.cli:main",
             "segment_node = pvd_ros.segment_node:console_main",
-            "pvd_bag = pvd_ros.bag_cli:main",
-            "pvd_demo = pvd_ros.demo:main",
+            "pvd_bag = pvd_ros.cli:bag_main",
+            "pvd_demo = pvd_ros.cli:demo_main",
         ],
     },
 )

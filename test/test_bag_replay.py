@@ -18,7 +18,7 @@ import pytest
 
 from pvd_core.cli import main as pvd_main
 from pvd_ros import bag_io
-from pvd_ros.bag_cli import main as bag_main
+from pvd_ros.cli import bag_main
 from test_bag_tools import write_ros1_bag
 
 DOMAIN_ID = 120 + os.getpid() % 100  # 120..219: away from the default 0 and from other test files

@@ -17,7 +17,7 @@ import pytest
 from pvd_core.cli import main as pvd_main
 from pvd_core.data.semantickitti import read_labels, read_points, read_raw_labels, scan_files
 from pvd_ros import bag_io
-from pvd_ros.bag_cli import main as bag_main
+from pvd_ros.cli import bag_main
 from pvd_ros.cloud_codec import CloudError, decode_points
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,7 @@ pytest.importorskip("rclpy", reason="the demo replays through a real ROS 2 node;
 
 
 def test_demo_writes_reports_pictures_and_a_labelled_bag(tmp_path, tiny_checkpoint, monkeypatch, capsys):
-    from pvd_ros.demo import main
+    from pvd_ros.cli import demo_main as main
 
     monkeypatch.setenv("ROS_DOMAIN_ID", str(20 + os.getpid() % 80))
     out = tmp_path / "demo"
@@ -34,7 +34,7 @@ def test_demo_writes_reports_pictures_and_a_labelled_bag(tmp_path, tiny_checkpoi
 
 
 def test_demo_on_real_semantickitti_scans(tmp_path, tiny_checkpoint, shared_kitti_root, monkeypatch, capsys):
-    from pvd_ros.demo import main
+    from pvd_ros.cli import demo_main as main
 
     monkeypatch.setenv("ROS_DOMAIN_ID", str(20 + (os.getpid() + 1) % 80))
     out = tmp_path / "demo_real"

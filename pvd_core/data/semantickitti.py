@@ -5,6 +5,8 @@ silently mapped to garbage would poison a training run without a trace.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -64,6 +66,21 @@ def read_labels(path: PathLike, num_points: Optional[int] = None,
     """(N,) uint8 training classes; unknown raw ids raise with the file named."""
     raw = read_raw_labels(path, num_points)
     return label_map.map_raw(raw & 0xFFFF, source=str(path))
+
+
+def write_label_file(path: PathLike, raw_ids: np.ndarray) -> None:
+    """Atomic write of uint32 labels (temp file + rename), so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(np.ascontiguousarray(raw_ids, dtype=np.uint32).tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def label_path_for(scan_path: PathLike) -> Path:

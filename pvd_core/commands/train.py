@@ -1,4 +1,4 @@
-"""`pvd train` and `pvd distill`: one module, one loop (pvd_core.training.trainer).
+"""`pvd train` (and, through pvd_core.commands.distill, `pvd distill`): one loop (pvd_core.training.trainer).
 
     pvd train   --config CFG [--data-root DIR] [--out RUN_DIR] [--max-steps N] [--resume] [--init-from CKPT]
     pvd distill --config CFG --teacher CKPT [--data-root DIR] [--out RUN_DIR] [--max-steps N] [--resume]
@@ -16,9 +16,14 @@ from pathlib import Path
 from pvd_core.config import load_config
 
 
-def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_training_arguments(parser, distill=False)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, distill: bool) -> None:
+    """The flags of ``pvd train``; ``distill`` adds ``--teacher`` (``pvd distill``, pvd_core.commands.distill)."""
     parser.add_argument("--config", required=True, metavar="CFG", help="YAML config (config/*.yaml)")
-    if name == "distill":
+    if distill:
         parser.add_argument("--teacher", required=True, metavar="CKPT",
                             help="teacher checkpoint (its config must share the student's grid and dataset kind)")
     parser.add_argument("--data-root", metavar="DIR", help="dataset location (overrides dataset.data_root)")

@@ -19,16 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
 
 DEMO_SEED = 7  # a town that no shipped model's training or benchmark validation used
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pvd_demo", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="work folder (default ./demo_output)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="model to run (default: the shipped SemanticKITTI student)")
@@ -42,7 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", type=int, default=None, help="azimuth columns of the synthetic sensor")
     p.add_argument("--rate", type=float, default=1.0, help="replay speed factor (default 1.0 = the sensor's 10 Hz)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    return p
 
 
 def _fresh(*paths: Path) -> None:
@@ -52,8 +48,7 @@ def _fresh(*paths: Path) -> None:
             shutil.rmtree(path)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     from pvd_core.checkpoint import load_checkpoint
     from pvd_core.shipped_models import shipped_model, model_card
     from pvd_core.synth.sensors import sensor_for
@@ -112,6 +107,3 @@ def print_report(replay: dict, offline: dict, model: Path, card: str, data_text:
         print(f"picture ({name}): {path}")
     print(f"reports: {out / 'replay.json'}, {out / 'eval.json'}; labelled bag: {labelled_bag}")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

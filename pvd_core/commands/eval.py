@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 
 
-def add_arguments(parser: argparse.ArgumentParser, name: str = "eval") -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint (.pt) to evaluate")
     parser.add_argument("--data-root", metavar="DIR",
                         help="dataset root (default: the checkpoint config's dataset.data_root)")

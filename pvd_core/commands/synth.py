@@ -8,7 +8,7 @@ from pvd_core.synth.sensors import SENSORS, sensor_for
 from pvd_core.synth.writer import SequenceSummary, SynthError, write_sequence
 
 
-def add_arguments(parser: argparse.ArgumentParser, name: str = "synth") -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="dataset root; scans go to OUT/sequences/SEQUENCE/")
     parser.add_argument("--sequence", default="00",
                         help="sequence folder name; with the seed it picks the town (default 00)")

@@ -8,28 +8,12 @@ Segmenter leaves unlabeled (NaN rows, dropped out-of-volume points) are written 
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 
-def write_label_file(path: Path, raw_ids: np.ndarray) -> None:
-    """Atomic write of uint32 labels (temp file + rename), so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(np.ascontiguousarray(raw_ids, dtype=np.uint32).tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def add_arguments(parser: argparse.ArgumentParser, name: str = "predict") -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="pvd_ros checkpoint (.pt)")
     parser.add_argument("--scan", required=True, help="SemanticKITTI .bin scan (float32 x, y, z, reflectance)")
     parser.add_argument("--out", required=True, help="output .label file (uint32 raw ids)")
@@ -38,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "predict") -> Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from pvd_core.data.semantickitti import read_points
+    from pvd_core.data.semantickitti import read_points, write_label_file
     from pvd_core.labels import train_to_raw
     from pvd_core.segmenter import Segmenter
 

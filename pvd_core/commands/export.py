@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 
-def add_arguments(parser: argparse.ArgumentParser, name: str = "export") -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint to export (e.g. a run's last.pt)")
     parser.add_argument("--out", required=True, metavar="OUT", help="where to write the inference checkpoint")
     parser.add_argument("--trained-on", required=True, metavar="TEXT", help="the data it was trained on, in words")
