@@ -1,4 +1,4 @@
-"""Training augmentation of METHOD.md section 5, driven by an explicit numpy Generator.
+"""Training augmentation of docs/method.md section 5, driven by an explicit numpy Generator.
 
 The caller owns the Generator (the dataset derives it from seed, epoch and scan index),
 so an interrupted run that resumes at the same epoch sees bit-identical inputs. All

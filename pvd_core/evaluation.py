@@ -4,7 +4,7 @@ Validation during training and ``pvd eval`` both call :func:`evaluate_files`, so
 mIoU a run reports for its best checkpoint is the figure ``pvd eval`` reproduces from
 that checkpoint: same voxelizer, same out-of-volume handling, same "never predict 0"
 rule, same test-time augmentation code. One confusion matrix is accumulated over every
-labelled point of the split (METHOD.md section 6); under torch.distributed each rank
+labelled point of the split (docs/method.md section 6); under torch.distributed each rank
 takes every world_size-th scan and the matrices are summed.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Label maps of DATA.md: raw dataset ids to training classes, names and RGB colours.
+"""Label maps of docs/data.md: raw dataset ids to training classes, names and RGB colours.
 
 Training class 0 is "unlabeled" and ignored by every loss and metric; a raw id that
 the table does not know is a data error, never a silent 0.
@@ -10,8 +10,10 @@ from typing import Optional
 
 import numpy as np
 
+from pvd_core.errors import PvdError
 
-class LabelError(ValueError):
+
+class LabelError(PvdError, ValueError):
     """A label file holds ids the label map does not know, or its length is wrong."""
 
 

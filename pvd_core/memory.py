@@ -4,9 +4,10 @@ Why: glibc's malloc serves every block above its mmap threshold (128 KiB at star
 on the fly up to 32 MiB) with a fresh ``mmap`` and returns heap tops above its trim
 threshold to the kernel. A segmentation node allocates and frees buffers of several
 megabytes per scan (message conversions in rclpy and the DDS layer, the network's
-activations), so it page-faults them in again on every scan. On the virtual machines here
-one fault costs microseconds: a 2 MB cloud in plus a 3.5 MB labelled cloud out through rclpy
-took 13.9 ms with the defaults and 3.7 ms with the thresholds below (bench/transport.py).
+activations), so it page-faults them in again on every scan. On virtual machines one fault
+costs microseconds, which adds up to milliseconds per scan for the rclpy round trip of a
+64-beam cloud; ``bench/transport.py`` measures it with and without the thresholds below
+(figures in docs/platform.md, section "Allocator settings").
 
 The price is resident memory: freed blocks stay with the process for reuse, so RSS stays at
 its per-scan peak instead of falling back between scans (a node reaches that peak every

@@ -33,8 +33,8 @@ from pvd_core.labels import LabelMap
 from pvd_core.point_rule import PointRule
 from pvd_core.voxelizer import CylindricalVoxelizer
 
-# Deterministic test-time augmentation votes, the training augmentations of METHOD.md
-# section 5 at fixed values. Vote 0 is the identity.
+# Deterministic test-time augmentation votes, the training augmentations of
+# docs/method.md section 5 at fixed values. Vote 0 is the identity.
 TTA_VOTES: tuple[AugmentParams, ...] = (
     AugmentParams(),
     AugmentParams(flip=FLIP_Y),

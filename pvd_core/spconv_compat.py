@@ -1,9 +1,9 @@
-"""The one place for spconv 2.x (2.3.8) workarounds on the CPU (PLATFORM.md).
+"""The one place for spconv 2.x (2.3.8) workarounds on the CPU (docs/platform.md).
 
 Three CPU problems of the native algorithm (the only one spconv has on the CPU); none
 touches CUDA tensors.
 
-1. Backward needs CUDA (PLATFORM.md) -- :func:`ensure_cpu_backward`.
+1. Backward needs CUDA -- :func:`ensure_cpu_backward`.
    ``spconv.pytorch.ops.indice_conv_backward`` (the backward of every SubMConv3d /
    SparseConv3d / SparseInverseConv3d) calls ``get_current_stream()``, i.e.
    ``torch.cuda.current_stream().cuda_stream``, unconditionally; a CPU-only torch raises

@@ -1,4 +1,4 @@
-"""The one cylindrical voxelizer (METHOD.md section 1), used by training, inference and tools.
+"""The one cylindrical voxelizer (docs/method.md section 1), used by training, inference and tools.
 
 Index assignment follows upstream Cylinder3D (interval = range / (grid - 1), clipping to
 the border voxels) so that imported weights see the inputs they were trained on.

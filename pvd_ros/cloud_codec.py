@@ -1,7 +1,7 @@
 """PointCloud2 <-> numpy for the segmentation node.
 
 The PointCloud2 library is ``sensor_msgs_py.point_cloud2`` where a ROS distribution
-provides it and its PyPI port ``pointcloud2`` elsewhere (ROS.md: never a third codec).
+provides it and its PyPI port ``pointcloud2`` elsewhere (docs/ros.md: never a third codec).
 Reading takes one path whichever is loaded (:func:`point_view`): the record dtype comes
 from the library's ``dtype_from_fields`` (names, offsets, count > 1 sub-fields, point_step),
 and the buffer is viewed with one documented numpy call, strides ``(row_step, point_step)``

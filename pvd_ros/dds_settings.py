@@ -8,7 +8,7 @@ measured between real processes (bench/dds_interop.py, bench/results/dds_interop
 - Default transports on both sides: most 2 MB best-effort scans from the driver are lost.
 - ``config/fastdds_large_clouds.xml`` (``FASTDDS_DEFAULT_PROFILES_FILE``) on the node only:
   default peers' scans arrive and default subscribers get the answers.
-- ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``: 2 MB clouds got no answer (ROS.md).
+- ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``: 2 MB clouds got no answer (docs/ros.md, DDS).
 
 :func:`transport_warnings` turns a process environment into the warnings that apply;
 :func:`warn_about_transport` logs them (segment_node calls it once at start).

@@ -1,4 +1,4 @@
-"""nuScenes lidarseg reader (DATA.md): ``.pcd.bin`` points, ``_lidarseg.bin`` labels, pairs.
+"""nuScenes lidarseg reader (docs/data.md): ``.pcd.bin`` points, ``_lidarseg.bin`` labels, pairs.
 
 Intensity: nuScenes stores it as 0-255 while SemanticKITTI reflectance is in [0, 1].
 ``read_points`` divides it by 255 by default (``intensity_scale``) so that one model, one

@@ -1,6 +1,6 @@
 """Dataset statistics: labelled points per training class over a split.
 
-The difficulty-aware supervoxel sampler (METHOD.md 4.4) weights classes by
+The difficulty-aware supervoxel sampler (docs/method.md section 4.4) weights classes by
 1 / sqrt(f_c), with f_c the share of labelled training points of class c; those
 counts are computed once here and stored as JSON next to the run.
 """

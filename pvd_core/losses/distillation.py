@@ -1,4 +1,4 @@
-"""The four PVD losses (METHOD.md section 4): output KL on points and voxels, and
+"""The four PVD losses (docs/method.md section 4): output KL on points and voxels, and
 inter-point / inter-voxel affinity inside sampled supervoxels.
 
 Output KL transfers the teacher's per-element class distribution; affinity transfers
@@ -102,7 +102,7 @@ def draw_members(member_group: torch.Tensor, chosen: torch.Tensor, per_group: in
 class PVDLoss:
     """Point-to-Voxel distillation terms for one student/teacher pair on one Batch.
 
-    ``class_weights`` (C,) are the per-class weights w_c of METHOD.md 4.4 (see
+    ``class_weights`` (C,) are the per-class weights w_c of docs/method.md section 4.4 (see
     ``supervoxel.class_weights_from_counts``); ``rho_max`` normalises distances (the
     grid's rho max). After a call, ``last_supervoxels`` holds the drawn supervoxel ids
     for logging and tests.

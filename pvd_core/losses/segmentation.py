@@ -1,4 +1,4 @@
-"""The supervised loss of METHOD.md section 3, shared by teacher, baseline and student.
+"""The supervised loss of docs/method.md section 3, shared by teacher, baseline and student.
 
 Cross-entropy and Lovasz-softmax on the occupied voxels and on the points, label 0
 (unlabeled) ignored everywhere. Every term is a well-defined zero when a batch holds

@@ -1,4 +1,4 @@
-"""Supervoxel partition and the supervoxel samplers of PVD (METHOD.md 4.3 and 4.4).
+"""Supervoxel partition and the supervoxel samplers of PVD (docs/method.md sections 4.3 and 4.4).
 
 Affinity distillation cannot afford an N x N similarity over a whole scan, so it is
 computed inside K supervoxels (blocks of S = (S_rho, S_phi, S_z) voxels of the
@@ -7,7 +7,7 @@ rare classes and far-away points more often, because that is where the student l
 the teacher. This module turns a batch into one weight per supervoxel and draws K of
 them; the affinity losses themselves live in ``distillation.py``.
 
-Decisions METHOD.md leaves open, fixed here:
+Decisions the paper leaves open, fixed here (also in docs/method.md section 4.4):
 
 - a_k (class difficulty) is computed from the *ground-truth* point labels of the
   batch during training, as the paper intends (rare classes are a property of the
@@ -98,7 +98,7 @@ def class_weights_from_counts(counts: Union[np.ndarray, torch.Tensor]) -> torch.
 def supervoxel_weights(point_supervoxel: torch.Tensor, point_labels: torch.Tensor, point_rho: torch.Tensor,
                        num_supervoxels: int, class_weights: torch.Tensor, sampler: str = "difficulty",
                        gamma: float = 1.0, min_points: int = 5, rho_max: float = 50.0) -> torch.Tensor:
-    """weight_k of every supervoxel (METHOD.md 4.4); exactly 0 for empty supervoxels.
+    """weight_k of every supervoxel (docs/method.md section 4.4); exactly 0 for empty supervoxels.
 
     point_supervoxel (P,) is each point's supervoxel id (``supervoxel_ids`` gathered
     through point_to_voxel), point_labels (P,) its class, point_rho (P,) its range in

@@ -1,4 +1,4 @@
-"""Building blocks of the asymmetric sparse UNet (METHOD.md section 2), on spconv 2.x.
+"""Building blocks of the asymmetric sparse UNet (docs/method.md section 2), on spconv 2.x.
 
 The block structure, layer order (conv -> LeakyReLU -> BatchNorm) and attribute names
 follow upstream Cylinder3D (segmentator_3d_asymm_spconv.py), so that converted upstream

@@ -1,4 +1,4 @@
-"""Cylinder3D with a point head (METHOD.md section 2): one class, width ``init_size``.
+"""Cylinder3D with a point head (docs/method.md section 2): one class, width ``init_size``.
 
 Teacher (32), student (16) and the 0.25x / 1.5x variants differ only in
 ``model.init_size``; everything the distillation losses read comes out of one forward.

@@ -1,4 +1,4 @@
-"""Spinning LiDAR models of DATA.md's sensor table, as the generator needs them.
+"""Spinning LiDAR models of the sensor table in docs/data.md, as the generator needs them.
 
 A sensor is a fixed fan of beam elevations swept over evenly spaced azimuth columns; the
 ray directions are therefore the same for every scan and are computed once here.
@@ -20,7 +20,7 @@ class SensorModel:
     max_range: float  # returns beyond this are lost (m)
     min_range: float = 2.5  # closer returns hit the ego vehicle and are filtered out (m)
     range_noise: float = 0.02  # 1-sigma range noise (m)
-    nominal_points: int = 0  # DATA.md's "points per scan" figure
+    nominal_points: int = 0  # docs/data.md's "points per scan" figure
     # Returned points per scan that a street scene should give: (low, high). Fewer rays return
     # than are cast because of sky, far misses and dropped echoes.
     expected_points: tuple[int, int] = field(default=(0, 0))

@@ -3,7 +3,7 @@
 torchrun announces itself through the environment (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT); a plain ``pvd train`` has none of them and runs as a single
 process with no process group at all, so the single-process path never depends on
-torch.distributed. gloo is the backend on CPU and nccl on CUDA (METHOD.md section 5).
+torch.distributed. gloo is the backend on CPU and nccl on CUDA (docs/method.md section 5).
 """
 from __future__ import annotations
 

@@ -39,5 +39,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam as in upstream Cylinder3D (METHOD.md section 5); weight decay optional."""
+    """Adam as in upstream Cylinder3D (docs/method.md section 5); weight decay optional."""
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
