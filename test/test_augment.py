@@ -1,4 +1,4 @@
-"""Seeded training augmentation (METHOD.md section 5)."""
+"""Seeded training augmentation (docs/method.md section 5)."""
 from __future__ import annotations
 
 import numpy as np

@@ -39,7 +39,7 @@ def test_shipped_config_loads(path: Path) -> None:
 def test_shipped_configs_exist() -> None:
     if not CONFIGS:
         pytest.skip(f"no pvd config/*.yaml in {REPO / 'config'} yet (other parts add them)")
-    # METHOD.md's teacher and student differ only in width, on the full 480 x 360 x 32 grid.
+    # The paper's teacher and student differ only in width (docs/method.md section 2), on the full 480 x 360 x 32 grid.
     for name, width in (("cylinder3d_teacher.yaml", 32), ("cylinder3d_student.yaml", 16)):
         path = REPO / "config" / name
         if path in CONFIGS:
@@ -50,7 +50,7 @@ def test_shipped_configs_exist() -> None:
 
 def test_defaults_are_valid_and_match_method() -> None:
     cfg = config_from_dict({})
-    # METHOD.md section 1: 480 x 360 x 32 over rho [0, 50], z [-4, 2]; the default must validate.
+    # docs/method.md section 1: 480 x 360 x 32 over rho [0, 50], z [-4, 2]; the default must validate.
     assert cfg.grid.size == [480, 360, 32]
     assert cfg.grid.rho == [0.0, 50.0] and cfg.grid.z == [-4.0, 2.0]
     assert cfg.grid.out_of_volume == "clip"

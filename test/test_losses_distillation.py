@@ -395,7 +395,7 @@ def test_kd_only_training_raises_agreement_with_the_teacher(one_thread):
     assert after.kl < 0.5 * before.kl, (before, after)
 
 
-# Which student modules each PVD term must reach (METHOD.md 2 and 4): the voxel logits come
+# Which student modules each PVD term must reach (docs/method.md sections 2 and 4): the voxel logits come
 # from the voxel head (``logits``) after DDCM (``ReconNet``); the point logits from the point
 # head, whose 64-d penultimate (``hidden``) gives the point features; the voxel features are the
 # last decoder output. All of them sit on the UNet and the point feature generator.

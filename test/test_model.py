@@ -79,7 +79,7 @@ def test_widths_build_with_the_documented_parameter_counts():
             model = build_model(config_from_dict({"model": {"init_size": s}}))
         counts[s] = sum(p.numel() for p in model.parameters())
         assert model.voxel_feature_dim == 2 * s
-    assert 54e6 < counts[32] < 58e6  # METHOD.md: about 56 M
+    assert 54e6 < counts[32] < 58e6  # docs/method.md section 2: about 56 M
     assert 13e6 < counts[16] < 15e6  # about 14 M
     assert counts[16] <= 0.27 * counts[32]
     assert counts[8] < counts[16] < counts[32] < counts[48]

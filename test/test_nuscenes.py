@@ -11,7 +11,7 @@ from pvd_core.data import nuscenes as nu
 from pvd_core.data.semantickitti import DataError
 from pvd_core.labels import NUSCENES, LabelError
 
-# DATA.md's 32 raw classes -> 16 training classes, written out independently of labels.py.
+# docs/data.md's 32 raw classes -> 16 training classes, written out independently of labels.py.
 DATA_MD_TABLE = {raw: 0 for raw in (0, 1, 5, 7, 8, 10, 11, 13, 19, 20, 29, 31)}
 DATA_MD_TABLE.update({2: 7, 3: 7, 4: 7, 6: 7, 9: 1, 12: 8, 14: 2, 15: 3, 16: 3, 17: 4, 18: 5,
                       21: 6, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 30: 16})

@@ -1,4 +1,4 @@
-"""SemanticKITTI reader on the real scan in ../shared/data, and its errors on broken files."""
+"""SemanticKITTI reader on the real sample (test/conftest.py; skipped when absent), and its errors on broken files."""
 from __future__ import annotations
 
 import shutil
@@ -10,7 +10,7 @@ import pytest
 from pvd_core.data import semantickitti as sk
 from pvd_core.labels import SEMANTIC_KITTI, LabelError
 
-# DATA.md's raw id -> training class table, written out independently of labels.py.
+# docs/data.md's raw id -> training class table, written out independently of labels.py.
 DATA_MD_TABLE = {
     0: 0, 1: 0, 52: 0, 99: 0,
     10: 1, 11: 2, 15: 3, 18: 4, 13: 5, 16: 5, 20: 5, 30: 6, 31: 7, 32: 8,
@@ -26,7 +26,7 @@ def test_real_scan_point_count_and_format(real_scan_path: Path) -> None:
     assert points.shape == (REAL_POINTS, 4)
     assert points.dtype == np.float32
     assert np.isfinite(points).all()
-    # reflectance is in [0, 1] (DATA.md); a wrong dtype or stride would break this
+    # reflectance is in [0, 1] (docs/data.md); a wrong dtype or stride would break this
     assert 0.0 <= points[:, 3].min() and points[:, 3].max() <= 1.0
     assert 5.0 < np.hypot(points[:, 0], points[:, 1]).max() < 200.0
 
@@ -41,7 +41,7 @@ def test_real_labels_histogram_matches_data_md(real_scan_path: Path, real_label_
     labels = sk.read_labels(real_label_path, num_points=len(points))
     assert labels.shape == (REAL_POINTS,) and labels.dtype == np.uint8
     np.testing.assert_array_equal(np.bincount(labels, minlength=20), expected)
-    # The sample holds moving classes (DATA.md: 252 and 254), which must fold, not vanish.
+    # The sample holds moving classes (docs/data.md: 252 and 254), which must fold, not vanish.
     assert {252, 254} <= set(np.unique(semantic).tolist())
     np.testing.assert_array_equal(labels[semantic == 252], 1)
     np.testing.assert_array_equal(labels[semantic == 254], 6)
@@ -129,8 +129,8 @@ def test_missing_files(tmp_path: Path) -> None:
 
 def test_scan_files_on_shared_root(shared_kitti_root: Path, real_scan_path: Path,
                                    real_label_path: Path) -> None:
-    # shared/data holds sequence 08 frames 000000-000009 (validation) and frames 0, 2, 4, 6, 8 of
-    # the training sequences (DATA.md); pairs come back sorted, each scan beside its own label.
+    # The sample holds sequence 08 frames 000000-000009 (validation) and frames 0, 2, 4, 6, 8 of
+    # the training sequences (docs/data.md); pairs come back sorted, each scan beside its own label.
     pairs = sk.scan_files(shared_kitti_root, ["08"])
     assert pairs[0] == (real_scan_path, real_label_path)
     assert [p.name for p, _ in pairs] == [f"{i:06d}.bin" for i in range(10)]

@@ -1,5 +1,5 @@
 """Supervoxel partition and samplers: ids against brute force, weights against the formula of
-METHOD.md 4.4 computed point by point, and the sampler's frequencies against the exact
+docs/method.md section 4.4 computed point by point, and the sampler's frequencies against the exact
 inclusion probabilities of successive weighted sampling without replacement."""
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def test_points_per_scan_match_the_sensor_table(name: str) -> None:
     low, high = sensor.expected_points
     assert low <= len(hits.points) <= high, (name, len(hits.points), sensor.expected_points)
     dropped = 1.0 - len(hits.points) / hits.returns_before_dropout
-    assert 0.05 <= dropped <= 0.15, dropped  # DATA.md: real scans lose 5-15 % of returns
+    assert 0.05 <= dropped <= 0.15, dropped  # docs/data.md: real scans lose 5-15 % of returns
     rng = np.linalg.norm(hits.points[:, :3], axis=1)
     assert rng.max() <= sensor.max_range + 0.2 and rng.min() >= sensor.min_range - 0.2
     assert hits.points[:, 3].min() >= 0.0 and hits.points[:, 3].max() <= 1.0

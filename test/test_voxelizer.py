@@ -1,4 +1,4 @@
-"""The cylindrical voxelizer against a brute-force per-point reference (METHOD.md section 1)."""
+"""The cylindrical voxelizer against a brute-force per-point reference (docs/method.md section 1)."""
 from __future__ import annotations
 
 import math
@@ -17,7 +17,7 @@ SMALL = dict(size=[32, 32, 8], rho=[0.0, 50.0], phi=[-math.pi, math.pi], z=[-4.0
 
 
 def reference(points: np.ndarray, grid: GridConfig):
-    """Per-point Python version of METHOD.md 1: kept flags, cells and 9-d features (float64)."""
+    """Per-point Python version of docs/method.md section 1: kept flags, cells and 9-d features (float64)."""
     lo = [grid.rho[0], grid.phi[0], grid.z[0]]
     hi = [grid.rho[1], grid.phi[1], grid.z[1]]
     interval = [(hi[d] - lo[d]) / (grid.size[d] - 1) for d in range(3)]
@@ -190,7 +190,7 @@ def test_voxel_labels_on_real_scan(real_scan_path: Path, real_label_path: Path) 
     labels = sk.read_labels(real_label_path, num_points=len(points)).astype(np.int64)
     scan = CylindricalVoxelizer(GridConfig(size=[480, 360, 32]))(points, labels)
     assert scan.num_points == len(points)  # clip mode keeps every finite point
-    # PLATFORM.md: this scan occupies 46 952 voxels of the 480 x 360 x 32 grid.
+    # docs/data.md (real test samples): this scan occupies 46 952 voxels of the 480 x 360 x 32 grid.
     assert scan.num_voxels == 46_952
     # Brute force on a subset of voxels (the full Python loop would be slow).
     chosen = np.arange(0, scan.num_voxels, 97)
