@@ -13,16 +13,17 @@ again). The checkpoints are the runs' ``last.pt`` (not ``best.pt``: best.pt is c
 same sequence-08 validation this table reports, which would flatter it).
 
 Command that made bench/results/kitti_real.{json,md} (run directories from the commands in
-models/README.md, on a quiet 2-core machine):
+models/README.md, on a quiet 2-core machine; SEMANTICKITTI is the 60-scan sample described in
+docs/data.md, or any SemanticKITTI root):
 
-    python bench/kitti_real.py --data-root ../shared/data/semantickitti --threads 2 --repeat 7 \
-        --model teacher=/work/runs/kitti_teacher/last.pt \
-        --model student_baseline=/work/runs/kitti_base_s0/last.pt \
-        --model student_pvd=/work/runs/kitti_pvd_s0/last.pt \
-        --model student_small=/work/runs/kitti_small_s0/last.pt \
-        --pair 0=/work/runs/kitti_base_s0/last.pt,/work/runs/kitti_pvd_s0/last.pt \
-        --pair 1=/work/runs/kitti_base_s1/last.pt,/work/runs/kitti_pvd_s1/last.pt \
-        --pair 2=/work/runs/kitti_base_s2/last.pt,/work/runs/kitti_pvd_s2/last.pt \
+    python bench/kitti_real.py --data-root SEMANTICKITTI --threads 2 --repeat 7 \
+        --model teacher=runs/kitti_teacher/last.pt \
+        --model student_baseline=runs/kitti_base_s0/last.pt \
+        --model student_pvd=runs/kitti_pvd_s0/last.pt \
+        --model student_small=runs/kitti_small_s0/last.pt \
+        --pair 0=runs/kitti_base_s0/last.pt,runs/kitti_pvd_s0/last.pt \
+        --pair 1=runs/kitti_base_s1/last.pt,runs/kitti_pvd_s1/last.pt \
+        --pair 2=runs/kitti_base_s2/last.pt,runs/kitti_pvd_s2/last.pt \
         --default student_pvd --out bench/results/kitti_real
 """
 from __future__ import annotations
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": models, "pvd_pairs": pairs,
         "pvd_summary": pair_summary(pairs) if pairs else None,
         "default_model": args.default, "classes": classes, "repeat": args.repeat, "threads": args.threads,
-        "data": "SemanticKITTI sequence 08 frames 000000-000009 (../shared/data; CC BY-NC-SA)",
+        "data": "SemanticKITTI sequence 08 frames 000000-000009 (the sample of docs/data.md; CC BY-NC-SA)",
         "command": "python bench/kitti_real.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

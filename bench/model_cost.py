@@ -1,6 +1,6 @@
 """Teacher / student / 0.25x cost on the real SemanticKITTI scan at the paper's grid, in one run.
 
-Goals (METHOD.md: about 75 % fewer MACs and 2x speed for the 0.5x student):
+Goals (the paper's claim, docs/method.md section 7: about 75 % fewer MACs and 2x speed for the 0.5x student):
 student MACs <= 0.27 x teacher, student parameters <= 0.27 x teacher,
 student forward latency <= 0.5 x teacher on the same machine in the same run.
 
