@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sequence folder name; with the seed it picks the town (default 00)")
     parser.add_argument("--scans", type=int, default=20, help="number of consecutive scans (default 20)")
     parser.add_argument("--sensor", default="hdl64", choices=sorted(SENSORS),
-                        help="sensor model from DATA.md's table (default hdl64)")
+                        help="sensor model from docs/data.md's table (default hdl64)")
     parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
     parser.add_argument("--columns", type=int, default=None,
                         help="azimuth columns per revolution, to make cheaper scans (default: the sensor's)")
