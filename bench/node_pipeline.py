@@ -43,7 +43,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="student checkpoint; default: a random-weight init_size 16 model")
     parser.add_argument("--scan", type=Path, default=DEFAULT_SCAN, help="SemanticKITTI .bin scan")
     parser.add_argument("--frames", type=int, default=5, help="measured frames (after one warm frame)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    from pvd_core.device import DEVICE_SYNTAX, device_argument
+
+    parser.add_argument("--device", default="auto", type=device_argument, help=f"{DEVICE_SYNTAX} (default auto)")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "node_pipeline.json")
     return parser.parse_args(argv)
 

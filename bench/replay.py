@@ -46,7 +46,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=["student", "teacher"], choices=("student", "teacher"))
     parser.add_argument("--node", default="process", choices=("process", "inprocess"),
                         help="segment_node as a child process (default) or in this process")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    from pvd_core.device import DEVICE_SYNTAX, device_argument
+
+    parser.add_argument("--device", default="auto", type=device_argument, help=f"{DEVICE_SYNTAX} (default auto)")
     parser.add_argument("--single-frames", type=int, default=5,
                         help="direct Segmenter calls timed for the single-frame processing time")
     parser.add_argument("--domain-id", type=int, default=None, help="ROS domain id (default: 150 + pid %% 50)")

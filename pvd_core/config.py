@@ -18,6 +18,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from pvd_core.device import check_device
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid; the message names it."""
@@ -132,7 +134,7 @@ class TrainConfig:
     max_val_scans: int = 0  # 0 = the whole validation split
     lovasz_weight: float = 1.0
     point_loss_weight: float = 1.0
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (pvd_core.device.check_device)
     sync_batchnorm: bool = False
     # Training-time point budget: 0 keeps every point; N > 0 trains on a random subset of at most
     # N points per scan (drawn per scan and epoch from the seed). The per-point MLPs cost the
@@ -158,8 +160,10 @@ class TrainConfig:
             raise ConfigError(f"{where}.lr must be > 0, got {self.lr}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ConfigError(f"{where}.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"{where}.device must be auto, cpu or cuda, got {self.device!r}")
+        try:
+            check_device(self.device)  # syntax only: a config written for a GPU machine loads anywhere
+        except ValueError as exc:
+            raise ConfigError(f"{where}.device {exc}") from None
 
 
 @dataclass

@@ -1,41 +1,83 @@
 """Device selection shared by training, inference, profiling and the node.
 
-One function so that 'auto' means the same thing everywhere: CUDA when PyTorch can see
-a GPU, otherwise the CPU. Asking for CUDA where there is none is a configuration error
-rather than a silent CPU fallback, because a deployment that expects a GPU and quietly
-runs seconds per scan on the CPU is worse than one that refuses to start.
+One module so that a device string means the same thing everywhere. Two steps:
+
+- :func:`check_device` is the syntax rule (``auto | cpu | cuda | cuda:N``) and needs neither
+  torch nor a GPU, so the config schema, every command's ``--device`` (through
+  :func:`device_argument`) and the node's ``device`` parameter refuse a typo such as ``gpu``
+  at once, on any machine, before anything heavy is loaded.
+- :func:`resolve_device` additionally asks PyTorch whether that device exists. 'auto' is
+  CUDA when PyTorch can see a GPU, otherwise the CPU. Asking for CUDA where there is none is
+  a configuration error rather than a silent CPU fallback, because a deployment that
+  expects a GPU and quietly runs seconds per scan on the CPU is worse than one that refuses
+  to start.
+
+torch is imported inside the functions that need it: this module is imported by parsers and
+the config schema, whose ``--help`` and validation must stay instant.
 """
 from __future__ import annotations
 
-from typing import Optional
+import argparse
+import re
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+#: The accepted device strings, as shown in help texts and error messages.
+DEVICE_SYNTAX = "auto | cpu | cuda | cuda:N"
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(?::\d+)?")
 
 
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """Turn 'auto' | 'cpu' | 'cuda' | 'cuda:N' (or a torch.device) into a usable torch.device."""
+def check_device(name: object) -> str:
+    """Return ``name`` normalised (stripped, lower case) if it is a device string, else raise.
+
+    Syntax only: 'cuda:1' passes on a machine without a GPU (a config or launch file written
+    for another machine is still well-formed); :func:`resolve_device` checks existence.
+    The message names no field: callers prefix the field, option or parameter it came from.
+    """
+    key = name.strip().lower() if isinstance(name, str) else None
+    if key is None or not _DEVICE_PATTERN.fullmatch(key):
+        raise ValueError(f"must be one of {DEVICE_SYNTAX} (N: a GPU index), got {name!r}")
+    return key
+
+
+def device_argument(text: str) -> str:
+    """argparse ``type=`` for ``--device``: :func:`check_device` with argparse's error type.
+
+    argparse shows an ArgumentTypeError's own message ("argument --device: must be one of
+    ..."); a plain ValueError would only print "invalid device_argument value".
+    """
+    try:
+        return check_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def resolve_device(name: "str | torch.device" = "auto") -> "torch.device":
+    """Turn a device string (see :func:`check_device`) or a torch.device into a usable torch.device."""
+    import torch
+
     if isinstance(name, torch.device):
         name = str(name)
-    if not isinstance(name, str):
-        raise ValueError(f"device must be one of {DEVICE_CHOICES} or 'cuda:N', got {name!r}")
-    key = name.strip().lower()
+    try:
+        key = check_device(name)
+    except ValueError as exc:
+        raise ValueError(f"device {exc}") from None
     if key == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if key == "cpu":
         return torch.device("cpu")
-    if key == "cuda" or key.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {name!r} was requested but PyTorch sees no CUDA GPU "
-                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use device 'auto' or 'cpu'")
-        device = torch.device(key)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-        return device
-    raise ValueError(f"device must be one of {DEVICE_CHOICES} or 'cuda:N', got {name!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} was requested but PyTorch sees no CUDA GPU "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use device 'auto' or 'cpu'")
+    device = torch.device(key)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+            f"(indices 0 to {torch.cuda.device_count() - 1})")
+    return device
 
 
 def set_torch_threads(threads: Optional[int], where: str = "--threads") -> None:
@@ -45,4 +87,6 @@ def set_torch_threads(threads: Optional[int], where: str = "--threads") -> None:
         return
     if threads < 1:
         raise ValueError(f"{where} must be >= 1, got {threads}")
+    import torch
+
     torch.set_num_threads(threads)

@@ -15,6 +15,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from pvd_core.device import DEVICE_SYNTAX, device_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint (.pt) to evaluate")
@@ -25,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", type=int, default=1, metavar="N", help="test-time augmentation votes (default 1)")
     parser.add_argument("--max-scans", type=int, default=0, metavar="N",
                         help="evaluate N scans spread evenly over the sequences (0 = all)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--device", default="auto", type=device_argument, help=f"{DEVICE_SYNTAX} (default auto)")
     parser.add_argument("--fp16", action="store_true", help="half precision (CUDA only)")
     parser.add_argument("--json", metavar="OUT", help="JSON report path")
     parser.add_argument("--png", metavar="OUT", help="confusion-matrix PNG path (default: beside the JSON)")

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pvd_core.device import DEVICE_SYNTAX, device_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="pvd_ros checkpoint (.pt)")
     parser.add_argument("--scan", required=True, help="SemanticKITTI .bin scan (float32 x, y, z, reflectance)")
     parser.add_argument("--out", required=True, help="output .label file (uint32 raw ids)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--device", default="auto", type=device_argument, help=f"{DEVICE_SYNTAX} (default auto)")
     parser.add_argument("--tta", type=int, default=1, help="test-time augmentation votes, 1-8 (default 1)")
 
 

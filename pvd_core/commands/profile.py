@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 
 from pvd_core.config import load_config
+from pvd_core.device import DEVICE_SYNTAX, device_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scan", required=True, help="SemanticKITTI .bin scan to profile on")
     parser.add_argument("--repeat", type=int, default=5, help="timed forward passes after one warm-up (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed forward passes first (default 1)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--device", default="auto", type=device_argument, help=f"{DEVICE_SYNTAX} (default auto)")
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
 
 

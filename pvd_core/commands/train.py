@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from pvd_core.config import load_config
+from pvd_core.device import DEVICE_SYNTAX, device_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +40,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, distill: bool) -> No
                         help="start from this checkpoint's weights (weights only: fresh optimiser, schedule and "
                              "step), e.g. a synthetic pre-trained model fine-tuned on real scans; every tensor "
                              "must fit the config's model")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
+    parser.add_argument("--device", type=device_argument, help=f"override train.device ({DEVICE_SYNTAX})")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch (default: torch's choice; 1 avoids oversubscription "
                              "when several runs share few cores)")

@@ -22,6 +22,8 @@ import shutil
 import time
 from pathlib import Path
 
+from pvd_core.device import DEVICE_SYNTAX, device_argument
+
 DEMO_SEED = 7  # a town that no shipped model's training or benchmark validation used
 
 
@@ -38,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sensor of the synthetic street (default hdl64, the shipped model's sensor)")
     p.add_argument("--columns", type=int, default=None, help="azimuth columns of the synthetic sensor")
     p.add_argument("--rate", type=float, default=1.0, help="replay speed factor (default 1.0 = the sensor's 10 Hz)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", type=device_argument, help=f"{DEVICE_SYNTAX} (default auto)")
 
 
 def _fresh(*paths: Path) -> None:

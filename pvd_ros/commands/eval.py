@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pvd_core.device import DEVICE_SYNTAX, device_argument
 from pvd_ros.commands import write_json_report
 
 
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the confusion-matrix and bird's-eye PNGs (default: the --json folder, "
                              "else the current folder)")
     parser.add_argument("--bev-frame", type=int, default=None, help="frame drawn bird's-eye (default: the middle one)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--device", default="auto", type=device_argument, help=f"{DEVICE_SYNTAX} (default auto)")
     parser.add_argument("--max-frames", type=int, default=None, help="evaluate only the first N frames")
 
 

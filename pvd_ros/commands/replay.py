@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+from pvd_core.device import DEVICE_SYNTAX, device_argument
 from pvd_ros.commands import write_json_report
 
 
@@ -20,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--node", choices=("process", "inprocess"), default="process",
                         help="run segment_node as a child process (default; what a robot does) or in this process")
-    parser.add_argument("--device", default="auto", help="node parameter device: auto | cpu | cuda")
+    parser.add_argument("--device", default="auto", type=device_argument,
+                        help=f"node parameter device: {DEVICE_SYNTAX} (default auto)")
     parser.add_argument("--params-file", type=Path, default=None,
                         help="node parameter file (e.g. config/segment.yaml); checkpoint and device override it")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
