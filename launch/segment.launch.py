@@ -116,7 +116,8 @@ def generate_launch_description() -> LaunchDescription:
                         "models/synthetic_student_pvd.pt (it knows synthetic streets only)"),
         DeclareLaunchArgument(
             "device", default_value="",
-            description="auto | cpu | cuda; empty (default) = the params file's device (auto in segment.yaml)"),
+            description="auto | cpu | cuda | cuda:N; empty (default) = the params file's device "
+                        "(auto in segment.yaml)"),
         DeclareLaunchArgument(
             "input_topic", default_value="/velodyne_points", description="PointCloud2 topic to segment"),
         DeclareLaunchArgument(

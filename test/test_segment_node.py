@@ -611,3 +611,47 @@ def test_fp16_description_says_the_node_refuses_it_on_the_cpu(make_harness):
     assert "ignored" not in descriptor.description
     (min_range,) = node.describe_parameters(["min_range"])
     assert "(0, 0, 0)" in min_range.description
+
+
+def test_describe_parameters_shows_the_table(make_harness):
+    """`ros2 param describe` (describe_parameters) shows each table entry's description and rules."""
+    from rcl_interfaces.msg import ParameterType
+
+    from pvd_ros.node_params import PARAMS
+
+    node = make_harness().node
+    descriptors = node.describe_parameters([spec.name for spec in PARAMS])
+    for spec, descriptor in zip(PARAMS, descriptors):
+        assert descriptor.name == spec.name
+        assert descriptor.description == spec.description, spec.name
+        assert descriptor.additional_constraints == spec.constraint(), spec.name
+        assert descriptor.read_only, spec.name
+        assert descriptor.type == spec.ros_type != ParameterType.PARAMETER_NOT_SET, spec.name
+    (confidence,) = node.describe_parameters(["confidence_threshold"])
+    assert confidence.floating_point_range[0].to_value == 1.0
+
+
+@pytest.mark.parametrize("device", ["cuda:x", "cuda:", "GPU0"])
+def test_malformed_device_is_refused_before_loading_anything(ros_context, tiny_checkpoint, device):
+    import re
+
+    from pvd_core.device import DEVICE_SYNTAX
+
+    with pytest.raises(NodeStartupError, match=re.escape(f"parameter 'device' must be one of {DEVICE_SYNTAX}")):
+        SegmentNode(context=ros_context, parameter_overrides=[
+            Parameter("checkpoint", value=str(tiny_checkpoint)), Parameter("device", value=device)])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 1, reason="cuda:1 exists here")
+def test_cuda_n_is_a_valid_device_parameter_but_an_absent_gpu_stops_the_node(ros_context, tiny_checkpoint):
+    """cuda:1 passes the parameter check (it is well-formed) and fails where the GPU is looked up."""
+    from pvd_ros.node_params import NodeParams
+
+    NodeParams(checkpoint=str(tiny_checkpoint), device="cuda:1").validate()
+    with pytest.raises(NodeStartupError) as info:
+        SegmentNode(context=ros_context, parameter_overrides=[
+            Parameter("checkpoint", value=str(tiny_checkpoint)), Parameter("device", value="cuda:1"),
+            Parameter("warmup_points", value=0)])
+    message = str(info.value)
+    assert "parameter 'device'" in message and "'cuda:1'" in message
+    assert ("sees no CUDA GPU" if not torch.cuda.is_available() else "CUDA device(s) are visible") in message
