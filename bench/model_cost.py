@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from pvd_core.config import load_config  # noqa: E402
 from pvd_core.data.semantickitti import read_points  # noqa: E402
-from pvd_core.device import resolve_device  # noqa: E402
+from pvd_core.device import DEVICE_SYNTAX, device_argument, resolve_device  # noqa: E402
 from pvd_core.profiling import build_for_profile, format_report, profile_model  # noqa: E402
 
 DEFAULT_SCAN = REPO.parent / "shared" / "data" / "semantickitti" / "sequences" / "08" / "velodyne" / "000000.bin"
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scan", default=str(DEFAULT_SCAN), help="SemanticKITTI .bin scan")
     parser.add_argument("--repeat", type=int, default=5, help="timed forward passes per width")
     parser.add_argument("--warmup", type=int, default=1, help="untimed forward passes per width")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--device", default="auto", type=device_argument, help=f"{DEVICE_SYNTAX} (default auto)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "model_cost.json"))
     args = parser.parse_args(argv)
