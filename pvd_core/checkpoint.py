@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from pvd_core.config import Config, ConfigError, config_from_dict
+from pvd_core.errors import PvdError
 from pvd_core.labels import LabelMap
 
 FORMAT_NAME = "pvd_ros.checkpoint"
@@ -31,7 +32,7 @@ META_KEYS = ("dataset", "step", "metrics", "git_revision", "created")
 PathLike = Union[str, Path]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PvdError, ValueError):
     """A checkpoint is missing, malformed, or does not match the config or model it is used with."""
 
 

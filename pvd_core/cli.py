@@ -20,8 +20,7 @@ COMMANDS: dict[str, Command] = {
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return dispatch("pvd", "pvd_ros core tools: data, models, training, evaluation.", COMMANDS, argv,
-                    errors=(ValueError, FileNotFoundError))
+    return dispatch("pvd", "pvd_ros core tools: data, models, training, evaluation.", COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import argparse
 import re
 from typing import TYPE_CHECKING, Optional
 
+from pvd_core.errors import UsageError
+
 if TYPE_CHECKING:
     import torch
 
@@ -38,7 +40,7 @@ def check_device(name: object) -> str:
     """
     key = name.strip().lower() if isinstance(name, str) else None
     if key is None or not _DEVICE_PATTERN.fullmatch(key):
-        raise ValueError(f"must be one of {DEVICE_SYNTAX} (N: a GPU index), got {name!r}")
+        raise UsageError(f"must be one of {DEVICE_SYNTAX} (N: a GPU index), got {name!r}")
     return key
 
 
@@ -63,18 +65,18 @@ def resolve_device(name: "str | torch.device" = "auto") -> "torch.device":
     try:
         key = check_device(name)
     except ValueError as exc:
-        raise ValueError(f"device {exc}") from None
+        raise UsageError(f"device {exc}") from None
     if key == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if key == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError(
+        raise UsageError(
             f"device {name!r} was requested but PyTorch sees no CUDA GPU "
             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use device 'auto' or 'cpu'")
     device = torch.device(key)
     if device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(
+        raise UsageError(
             f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible "
             f"(indices 0 to {torch.cuda.device_count() - 1})")
     return device
@@ -86,7 +88,7 @@ def set_torch_threads(threads: Optional[int], where: str = "--threads") -> None:
     if threads is None:
         return
     if threads < 1:
-        raise ValueError(f"{where} must be >= 1, got {threads}")
+        raise UsageError(f"{where} must be >= 1, got {threads}")
     import torch
 
     torch.set_num_threads(threads)

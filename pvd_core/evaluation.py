@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pvd_core.data.dataset import ScanFiles, read_scan, split_files, subset_indices
+from pvd_core.data.semantickitti import DataError
 from pvd_core.labels import LabelMap
 from pvd_core.metrics import ConfusionMatrix, IoUResult, format_iou_table, metrics_dict, save_confusion_png
 
@@ -78,7 +79,7 @@ def evaluate_files(segmenter: "Segmenter", files: ScanFiles, kind: str, label_ma
     a strided share of the scans).
     """
     if not files:
-        raise ValueError(f"{desc}: no scans to evaluate")
+        raise DataError(f"{desc}: no scans to evaluate")
     if per_scan and world_size > 1:
         raise ValueError(f"{desc}: per_scan matrices need a single process (world_size {world_size})")
     scan_matrices: list[np.ndarray] = []
@@ -87,7 +88,7 @@ def evaluate_files(segmenter: "Segmenter", files: ScanFiles, kind: str, label_ma
     mine = files[rank::world_size]
     for points_path, labels_path in tqdm(mine, desc=desc, unit="scan", disable=not progress, leave=False):
         if labels_path is None:
-            raise ValueError(f"{points_path}: no label file; evaluation needs labelled scans")
+            raise DataError(f"{points_path}: no label file; evaluation needs labelled scans")
         points, labels = read_scan(kind, Path(points_path), Path(labels_path), label_map)
         pred = segmenter.segment(points).labels
         if per_scan:

@@ -21,6 +21,7 @@ from torch import nn
 
 from pvd_core.config import Config
 from pvd_core.data.batch import Batch, collate_scans
+from pvd_core.data.semantickitti import DataError
 from pvd_core.voxelizer import CylindricalVoxelizer
 
 
@@ -109,7 +110,7 @@ def scan_batch(config: Config, points: np.ndarray) -> Batch:
     """One scan voxelized by the shared voxelizer and collated by the shared collate."""
     scan = CylindricalVoxelizer(config.grid)(points)
     if scan.num_points == 0:
-        raise ValueError("the scan has no valid points inside the grid volume")
+        raise DataError("the scan has no valid points inside the grid volume")
     return collate_scans([scan], config.grid.size)
 
 

@@ -29,6 +29,7 @@ from pvd_core.augment import FLIP_X, FLIP_XY, FLIP_Y, AugmentParams, transform_p
 from pvd_core.config import Config
 from pvd_core.data.batch import collate_scans
 from pvd_core.device import resolve_device
+from pvd_core.errors import UsageError
 from pvd_core.labels import LabelMap
 from pvd_core.point_rule import PointRule
 from pvd_core.voxelizer import CylindricalVoxelizer
@@ -112,10 +113,10 @@ class Segmenter:
                  point_rule: PointRule = PointRule()):
         self.device = resolve_device(device)
         if fp16 and self.device.type != "cuda":
-            raise ValueError(f"fp16=True needs a CUDA device, but the device is {self.device} "
+            raise UsageError(f"fp16=True needs a CUDA device, but the device is {self.device} "
                              "(set fp16 to false on CPU machines)")
         if not isinstance(tta, int) or not 1 <= tta <= MAX_TTA:
-            raise ValueError(f"tta must be an integer from 1 to {MAX_TTA} (number of votes), got {tta!r}")
+            raise UsageError(f"tta must be an integer from 1 to {MAX_TTA} (number of votes), got {tta!r}")
         num_classes = getattr(model, "num_classes", label_map.num_classes)
         if num_classes != label_map.num_classes:
             raise ValueError(f"model has {num_classes} classes but label map {label_map.name!r} has "

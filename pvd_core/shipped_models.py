@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from pvd_core.errors import MissingFileError
+
 DEFAULT_MODEL = "semantickitti_student_pvd.pt"
 SYNTHETIC_MODEL = "synthetic_student_pvd.pt"
 SEMANTICKITTI_LICENCE = ("CC BY-NC-SA 4.0 (trained on SemanticKITTI: KITTI scans CC BY-NC-SA 3.0, SemanticKITTI "
@@ -33,7 +35,7 @@ def shipped_model(name: str = DEFAULT_MODEL) -> Path:
     for path in tried:
         if path.is_file():
             return path
-    raise FileNotFoundError(f"shipped model {name} not found (looked in {', '.join(str(p) for p in tried)}); "
+    raise MissingFileError(f"shipped model {name} not found (looked in {', '.join(str(p) for p in tried)}); "
                             "give a checkpoint path")
 
 

@@ -33,6 +33,7 @@ from rosbags.rosbag2 import Reader as Reader2
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from pvd_core.errors import PvdError
 from pvd_ros import cloud_codec
 
 PathLike = Union[str, Path]
@@ -47,7 +48,7 @@ BAG_VERSION = 9  # rosbag2 metadata version written by Jazzy and later
 _TYPESTORES: dict[Stores, Any] = {}
 
 
-class BagError(ValueError):
+class BagError(PvdError, ValueError):
     """A bag cannot be read or written as asked; the message names the bag and topic."""
 
 
@@ -318,9 +319,9 @@ def kitti_to_bag(
     from pvd_core.data.semantickitti import DataError, read_points, read_raw_labels, scan_files
 
     if rate_hz <= 0:
-        raise ValueError(f"--rate must be > 0 Hz, got {rate_hz}")
+        raise BagError(f"--rate must be > 0 Hz, got {rate_hz}")
     if max_scans is not None and max_scans < 1:
-        raise ValueError(f"--max-scans must be >= 1, got {max_scans}")
+        raise BagError(f"--max-scans must be >= 1, got {max_scans}")
     sequence = str(sequence)
     pairs = scan_files(data_root, [sequence], require_labels=False)
     if max_scans is not None:

@@ -36,7 +36,7 @@ BAG_COMMANDS: dict[str, Command] = {
 def bag_main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``pvd_bag``."""
     return dispatch("pvd_bag", "The `pvd_bag` command: rosbag2 tools around the segmentation node.", BAG_COMMANDS,
-                    argv, errors=(ValueError, FileNotFoundError, RuntimeError))
+                    argv)
 
 
 def demo_main(argv: Optional[Sequence[str]] = None) -> int:

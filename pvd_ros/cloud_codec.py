@@ -39,6 +39,8 @@ except ImportError:  # PyPI wheels: the maintained port of the same module
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
+from pvd_core.errors import PvdError
+
 # PointField datatype -> numpy dtype, as in sensor_msgs/PointField.msg.
 FIELD_DTYPES: dict[int, np.dtype] = {
     PointField.INT8: np.dtype(np.int8),
@@ -75,7 +77,7 @@ OUTPUT_DTYPE = np.dtype({
 _LEADING_16_BYTES = np.dtype({"names": ["xyzi"], "formats": ["V16"], "offsets": [0], "itemsize": OUTPUT_POINT_STEP})
 
 
-class CloudError(ValueError):
+class CloudError(PvdError, ValueError):
     """A PointCloud2 the node cannot read; ``kind`` groups the reasons for counting.
 
     Kinds: ``missing_field`` (no x, y or z), ``datatype`` (unknown PointField datatype or

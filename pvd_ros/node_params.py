@@ -31,13 +31,14 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from pvd_core.device import DEVICE_SYNTAX, check_device
+from pvd_core.errors import PvdError
 from pvd_core.point_rule import DEFAULT_MIN_RANGE
 
 ParamValue = Union[bool, int, float, str]
 RELIABILITIES = ("best_effort", "reliable")
 
 
-class ParameterError(ValueError):
+class ParameterError(PvdError, ValueError):
     """A node parameter has an invalid value; the message names it."""
 
 

@@ -25,9 +25,10 @@ Newest-scan-only policy: the subscription callback only validates the message la
 (O(1), malformed clouds are counted and dropped right there) and puts the message in a
 one-slot mailbox; a worker thread takes the newest message from the mailbox and
 processes it. That worker is the node's only torch thread: it also loads and warms up the
-model, while the constructor waits for it (see ``_run_worker`` for why). A message still in the mailbox when a newer one arrives is replaced and
-counted as ``skipped_stale``. So the node never queues more than one unprocessed scan,
-whatever the executor, and the answer latency is at most about two processing times.
+model, while the constructor waits for it (see ``_run_worker`` for why). A message still in
+the mailbox when a newer one arrives is replaced and counted as ``skipped_stale``. So the
+node never queues more than one unprocessed scan, whatever the executor, and the answer
+latency is at most about two processing times.
 
 Ready signal for tools that start the node in-process or as a child process: the
 ``ready`` attribute, the latched ``~/ready`` Bool, and the log line "segment_node ready".
@@ -66,6 +67,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Bool, Float64
 from visualization_msgs.msg import MarkerArray
 
+from pvd_core.errors import PvdError
 from pvd_core.memory import retain_freed_memory
 from pvd_core.point_rule import PointRule
 from pvd_ros.cloud_codec import CloudError, check_layout, decode_points, encode_labelled, packed_rgb_lut
@@ -87,7 +89,7 @@ _LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=Reli
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-class NodeStartupError(RuntimeError):
+class NodeStartupError(PvdError, RuntimeError):
     """The node cannot start (bad parameter, missing or mismatched checkpoint); the message says why."""
 
 
@@ -264,7 +266,7 @@ class SegmentNode(Node):
         rule = PointRule(min_range=params.min_range, max_range=params.max_range)  # validated with the params
         try:
             return Segmenter.from_checkpoint(str(path), device=params.device, fp16=params.fp16, point_rule=rule)
-        except Exception as exc:  # CheckpointError, or torch's own load errors on a corrupt file
+        except PvdError as exc:  # CheckpointError (also for a file torch cannot load), a bad option
             raise NodeStartupError(
                 f"segment_node: parameter 'checkpoint': cannot use {str(path)!r}: {type(exc).__name__}: {exc}"
             ) from exc
@@ -561,7 +563,7 @@ def main(args: Optional[list[str]] = None) -> int:
             executor.spin_once(timeout_sec=_SPIN_PERIOD_S)
     except StartupAborted:
         pass
-    except NodeStartupError as exc:
+    except PvdError as exc:  # a user error: one line (the logger names the node); anything else is a bug
         logger.fatal(str(exc))
         return 1
     except ExternalShutdownException:  # someone else shut the context down: also a clean exit

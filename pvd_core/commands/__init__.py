@@ -16,6 +16,8 @@ import importlib
 import sys
 from typing import NamedTuple, Optional, Sequence
 
+from pvd_core.errors import PvdError
+
 
 
 class Command(NamedTuple):
@@ -24,7 +26,7 @@ class Command(NamedTuple):
     description: Optional[str] = None  # the subcommand's own --help text (default: help)
 
 
-def run_command(prog: str, module_name: str, args: argparse.Namespace, errors: tuple = ()) -> int:
+def run_command(prog: str, module_name: str, args: argparse.Namespace) -> int:
     """``run(args)`` of the module; a user error becomes one line on stderr and exit status 1."""
     module = importlib.import_module(module_name)
     try:
@@ -32,14 +34,14 @@ def run_command(prog: str, module_name: str, args: argparse.Namespace, errors: t
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except errors as exc:
+    except PvdError as exc:
         # User errors already name the file, flag or field: show them plainly.
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
 
 
 def dispatch(prog: str, description: str, commands: dict[str, Command],
-             argv: Optional[Sequence[str]] = None, errors: tuple = ()) -> int:
+             argv: Optional[Sequence[str]] = None) -> int:
     """``prog COMMAND [flags]``: parse, then run the chosen command's module."""
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = argv[0] if argv and argv[0] in commands else None
@@ -54,10 +56,10 @@ def dispatch(prog: str, description: str, commands: dict[str, Command],
         parser.print_help()
         return 2
     args.argv = argv
-    return run_command(f"{prog} {args.command}", commands[args.command].module, args, errors)
+    return run_command(f"{prog} {args.command}", commands[args.command].module, args)
 
 
-def run_single(prog: str, module_name: str, argv: Optional[Sequence[str]] = None, errors: tuple = ()) -> int:
+def run_single(prog: str, module_name: str, argv: Optional[Sequence[str]] = None) -> int:
     """A program that is one command (``pvd_demo``); its --help text is the module's first paragraph."""
     argv = list(sys.argv[1:] if argv is None else argv)
     module = importlib.import_module(module_name)
@@ -65,4 +67,4 @@ def run_single(prog: str, module_name: str, argv: Optional[Sequence[str]] = None
     module.add_arguments(parser)
     args = parser.parse_args(argv)
     args.argv = argv
-    return run_command(prog, module_name, args, errors)
+    return run_command(prog, module_name, args)

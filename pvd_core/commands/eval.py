@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pvd_core.data.semantickitti import DataError
     from pvd_core.evaluation import evaluate_files, sequences_text, split_subset
     from pvd_core.segmenter import Segmenter
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     seqs_text = sequences_text(dataset.val_sequences)
     files = split_subset(cfg, "val", args.max_scans)
     if not files:
-        raise ValueError(f"no scans found for sequences {dataset.val_sequences} under {dataset.data_root}")
+        raise DataError(f"no scans found for sequences {dataset.val_sequences} under {dataset.data_root}")
     report = evaluate_files(segmenter, files, dataset.kind, segmenter.label_map, progress=not args.no_progress,
                             desc=f"eval {seqs_text}")
     if args.json:

@@ -11,12 +11,14 @@ import shlex
 from pathlib import Path
 
 from pvd_core.config import load_config
+from pvd_core.errors import UsageError
 from pvd_core.device import DEVICE_SYNTAX, device_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="model config YAML (init_size and grid are read from it)")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint whose weights to time (checked against --config)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint whose weights to time (checked against --config)")
     parser.add_argument("--scan", required=True, help="SemanticKITTI .bin scan to profile on")
     parser.add_argument("--repeat", type=int, default=5, help="timed forward passes after one warm-up (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed forward passes first (default 1)")
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from pvd_core.profiling import build_for_profile, format_report, profile_model
 
     if args.repeat < 0 or args.warmup < 0:
-        raise ValueError(f"--repeat and --warmup must be >= 0, got {args.repeat} and {args.warmup}")
+        raise UsageError(f"--repeat and --warmup must be >= 0, got {args.repeat} and {args.warmup}")
     config = load_config(args.config)
     device = resolve_device(args.device)
     points = read_points(args.scan)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from pvd_core.config import load_config
+from pvd_core.errors import UsageError
 from pvd_core.device import DEVICE_SYNTAX, device_argument
 
 
@@ -63,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, data_root=args.data_root)
     if args.max_steps is not None:
         if args.max_steps < 1:
-            raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+            raise UsageError(f"--max-steps must be >= 1, got {args.max_steps}")
         cfg.train = dataclasses.replace(cfg.train, max_steps=args.max_steps)
     if args.seed is not None:
         if args.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {args.seed}")
+            raise UsageError(f"--seed must be >= 0, got {args.seed}")
         cfg.train = dataclasses.replace(cfg.train, seed=args.seed)
     if args.device is not None:
         cfg.train = dataclasses.replace(cfg.train, device=args.device)

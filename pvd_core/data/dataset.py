@@ -18,6 +18,7 @@ from pvd_core.augment import Augmenter
 from pvd_core.config import Config
 from pvd_core.data import nuscenes, semantickitti
 from pvd_core.data.batch import collate_scans
+from pvd_core.errors import UsageError
 from pvd_core.labels import LabelMap, label_map_for
 from pvd_core.voxelizer import CylindricalVoxelizer, VoxelizedScan
 
@@ -70,7 +71,7 @@ def _check_seed(seed: int) -> int:
 def subset_indices(total: int, max_scans: int) -> np.ndarray:
     """``max_scans`` indices spread evenly over ``total`` (all of them when max_scans is 0)."""
     if max_scans < 0:
-        raise ValueError(f"max_scans must be >= 0, got {max_scans}")
+        raise UsageError(f"max_scans must be >= 0, got {max_scans}")
     if max_scans == 0 or max_scans >= total:
         return np.arange(total)
     # Evenly spaced rather than the first scans: consecutive frames of one sequence are

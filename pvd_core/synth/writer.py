@@ -12,6 +12,7 @@ from typing import Optional, Union
 import numpy as np
 from tqdm import tqdm
 
+from pvd_core.errors import PvdError
 from pvd_core.labels import SEMANTIC_KITTI
 from pvd_core.synth.raycast import Hits, RayFan, cast_scan
 from pvd_core.synth.scene import SCAN_PERIOD, Town, generate_town, town_rng
@@ -21,7 +22,7 @@ FORMAT_VERSION = 1
 _SEQUENCE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class SynthError(ValueError):
+class SynthError(PvdError, ValueError):
     """Bad generator arguments or an output folder that would be clobbered; the message names it."""
 
 

@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from pvd_core.errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -40,13 +42,13 @@ def env_from_environment() -> DistEnv:
         return DistEnv()
     if len(present) != len(names):
         missing = [n for n in names if n not in os.environ]
-        raise ValueError(f"distributed launch: environment has {present} but not {missing}; start with torchrun")
+        raise UsageError(f"distributed launch: environment has {present} but not {missing}; start with torchrun")
     try:
         rank, world, local = (int(os.environ[n]) for n in names)
     except ValueError as exc:
-        raise ValueError(f"distributed launch: RANK/WORLD_SIZE/LOCAL_RANK must be integers ({exc})") from exc
+        raise UsageError(f"distributed launch: RANK/WORLD_SIZE/LOCAL_RANK must be integers ({exc})") from exc
     if not (0 <= rank < world) or local < 0:
-        raise ValueError(f"distributed launch: RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local} are inconsistent")
+        raise UsageError(f"distributed launch: RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local} are inconsistent")
     return DistEnv(rank=rank, world_size=world, local_rank=local)
 
 
@@ -59,7 +61,7 @@ def setup(env: DistEnv, device: torch.device) -> torch.device:
         return device
     if device.type == "cuda":
         if env.local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(f"LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} CUDA device(s)")
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"

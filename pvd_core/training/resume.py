@@ -16,6 +16,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from pvd_core.checkpoint import CheckpointError
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (model initialisation draws from torch's generator)."""
@@ -42,7 +44,7 @@ def restore_rng_state(state: dict[str, Any], generator: Optional[torch.Generator
     """Inverse of :func:`capture_rng_state`; a missing entry is an error naming it."""
     for key in ("python", "numpy", "torch"):
         if key not in state:
-            raise ValueError(f"checkpoint train_state.rng has no {key!r} entry")
+            raise CheckpointError(f"checkpoint train_state.rng has no {key!r} entry")
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     n = state["numpy"]
@@ -54,5 +56,5 @@ def restore_rng_state(state: dict[str, Any], generator: Optional[torch.Generator
         torch.cuda.set_rng_state_all(cuda_states)
     if generator is not None:
         if state.get("generator") is None:
-            raise ValueError("checkpoint train_state.rng has no PVD sampling generator state")
+            raise CheckpointError("checkpoint train_state.rng has no PVD sampling generator state")
         generator.set_state(state["generator"])

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Union
 
+from pvd_core.data.semantickitti import DataError
+
 PathLike = Union[str, Path]
 
 
@@ -75,7 +77,7 @@ def read_metrics(path: PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break  # the write a SIGKILL interrupted
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON")
+            raise DataError(f"{path}: line {i + 1} is not valid JSON")
     return records
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pvd_core.device import DEVICE_SYNTAX, device_argument
+from pvd_core.errors import UsageError
 from pvd_ros.commands import write_json_report
 
 
@@ -44,7 +45,7 @@ def parse_params(items: Sequence[str]) -> dict:
     for item in items:
         name, sep, value = item.partition(":=")
         if not sep or not name:
-            raise ValueError(f"--param {item!r}: expected NAME:=VALUE, e.g. max_points:=50000")
+            raise UsageError(f"--param {item!r}: expected NAME:=VALUE, e.g. max_points:=50000")
         out[name] = yaml.safe_load(value) if value else ""
     return out
 
