@@ -18,10 +18,11 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from pvd_core.errors import PvdError
 from pvd_core.device import check_device
 
 
-class ConfigError(ValueError):
+class ConfigError(PvdError, ValueError):
     """A configuration value is missing, unknown or invalid; the message names it."""
 
 

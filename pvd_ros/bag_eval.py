@@ -22,6 +22,7 @@ from typing import Any, Optional, Union
 import numpy as np
 from tqdm import tqdm
 
+from pvd_core.errors import MissingFileError
 from pvd_ros import bag_io
 from pvd_ros.cloud_codec import decode_points
 
@@ -59,7 +60,7 @@ def evaluate_bag(
     bag = Path(bag)
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
+        raise MissingFileError(f"{checkpoint}: checkpoint not found")
     segmenter = Segmenter.from_checkpoint(str(checkpoint), device=device)
     label_map = segmenter.label_map
     confusion = ConfusionMatrix(label_map.num_classes)
@@ -73,7 +74,7 @@ def evaluate_bag(
         total = len(reader) if max_frames is None else min(len(reader), max_frames)
         want_bev = total // 2 if bev_frame is None else bev_frame
         if not 0 <= want_bev < max(total, 1):
-            raise ValueError(f"--bev-frame {bev_frame} is outside the {total} frames of {bag} {topic}")
+            raise bag_io.BagError(f"--bev-frame {bev_frame} is outside the {total} frames of {bag} {topic}")
         bar = tqdm(total=total, desc=f"eval {bag.name}", unit="frame", disable=not progress)
         for cloud in reader:
             if max_frames is not None and frames >= max_frames:

@@ -37,6 +37,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
+from pvd_core.errors import MissingFileError, PvdError, UsageError
 from pvd_core.point_rule import PointRule
 from pvd_ros import bag_io
 from pvd_ros.bag_eval import latency_summary
@@ -48,7 +49,7 @@ STARTUP_REPORT_S = 5.0  # while start-up waits, one line on stderr this often sa
 RESUBSCRIBE_S = 5.0  # a discovered latched publisher whose sample has not come: re-subscribe this often
 
 
-class ReplayError(RuntimeError):
+class ReplayError(PvdError, RuntimeError):
     """The replay cannot run (node failed to start, topics never matched); the message says why."""
 
 
@@ -180,13 +181,13 @@ def replay_bag(
 
     bag, checkpoint = Path(bag), Path(checkpoint)
     if rate <= 0:
-        raise ValueError(f"--rate must be > 0, got {rate}")
+        raise UsageError(f"--rate must be > 0, got {rate}")
     if node not in NODE_MODES:
-        raise ValueError(f"node must be one of {NODE_MODES}, got {node!r}")
+        raise UsageError(f"node must be one of {NODE_MODES}, got {node!r}")
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
+        raise MissingFileError(f"{checkpoint}: checkpoint not found")
     if params_file is not None and not Path(params_file).is_file():
-        raise FileNotFoundError(f"{params_file}: node parameter file not found")
+        raise MissingFileError(f"{params_file}: node parameter file not found")
     if record is not None and Path(record).exists():
         raise bag_io.BagError(f"{record}: --record bag already exists; remove it or choose another path")
     if domain_id is None:

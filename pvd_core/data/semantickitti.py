@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from pvd_core.errors import PvdError
 from pvd_core.labels import SEMANTIC_KITTI, LabelMap
 
 PathLike = Union[str, Path]
@@ -23,7 +24,7 @@ SPLITS: dict[str, list[str]] = {
 }
 
 
-class DataError(ValueError):
+class DataError(PvdError, ValueError):
     """A data file is missing or malformed; the message names it."""
 
 

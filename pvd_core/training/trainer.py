@@ -49,6 +49,7 @@ from pvd_core.config import Config, ConfigError
 from pvd_core.data import stats
 from pvd_core.data.dataset import ScanDataset, make_loader, set_epoch, split_files
 from pvd_core.device import resolve_device
+from pvd_core.errors import PvdError
 from pvd_core.evaluation import EvalReport, evaluate_split
 from pvd_core.labels import LabelMap, label_map_for
 from pvd_core.losses.distillation import PVDLoss
@@ -69,7 +70,7 @@ RESUME_MUTABLE = {
 }
 
 
-class TrainError(ValueError):
+class TrainError(PvdError, ValueError):
     """Training cannot start or continue; the message names the file or setting."""
 
 
