@@ -35,7 +35,7 @@ import itertools
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -195,7 +195,8 @@ class Trainer:
             if diffs:
                 raise ConfigError(
                     f"--resume: {self.opts.config_source} differs from the config {self.last_path} was trained "
-                    f"with in (this config vs the checkpoint's): " + "; ".join(diffs) + f" (only {sorted(RESUME_MUTABLE)} may change on resume)")
+                    f"with in (this config vs the checkpoint's): " + "; ".join(diffs)
+                    + f" (only {sorted(RESUME_MUTABLE)} may change on resume)")
             return ckpt
         if self.last_path.exists():
             raise TrainError(f"{self.last_path} exists: pass --resume to continue that run, or choose another --out")
@@ -414,88 +415,133 @@ class Trainer:
         return iter(self.loader)
 
     def run(self) -> TrainResult:
-        cfg = self.cfg
+        """Build (or restore) everything, train to train.max_steps, write the final files."""
         self.t_start = time.perf_counter()
         try:
             self._build()
             rng_state = self._restore() if self.resume_ckpt is not None else None
-            if self.is_main:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                write_config_yaml(cfg, self.out_dir / "config.yaml")
-                if rng_state is not None:
-                    dropped = self.log.truncate_after(self.step)
-                    if dropped:
-                        print(f"resume: dropped {dropped} metrics line(s) logged after step {self.step}")
-                    print(f"resuming {self.out_dir} at step {self.step} (epoch {self.epoch}, "
-                          f"batch {self.batch_in_epoch})")
-            max_steps = cfg.train.max_steps
-            bar = tqdm(total=max_steps, initial=self.step, desc="distill" if self.distill else "train",
-                       unit="step", disable=not (self.opts.progress and self.is_main), dynamic_ncols=True)
-            sums: dict[str, float] = {}
-            count = 0
-            t_log = time.perf_counter()
-            scans_since_log = 0
-            while self.step < max_steps:
-                batches = self._epoch_batches()
-                if rng_state is not None:
-                    restore_rng_state(rng_state, self.generator)
-                    rng_state = None
-                finished_epoch = True
-                for batch in batches:
-                    terms = self._step(batch)
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    scans_since_log += batch.batch_size * self.env.world_size
-                    for k, v in terms.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
-                    bar.update(1)
-                    if self.step % cfg.train.log_every == 0 or self.step == max_steps:
-                        means = distributed.mean_over_ranks({k: v / count for k, v in sums.items()})
-                        now = time.perf_counter()
-                        rate = scans_since_log / max(now - t_log, 1e-9)
-                        bar.set_postfix({k: f"{means[k]:.3f}" for k in ("loss", "seg", "pvd") if k in means}
-                                        | {"scans/s": f"{rate:.2f}"})
-                        if self.is_main:
-                            record = {"kind": "train", "step": self.step, "epoch": self.epoch,
-                                      "lr": self.optimizer.param_groups[0]["lr"]}
-                            record.update({k: round(v, 6) for k, v in means.items()})
-                            record["scans_per_s"] = round(rate, 3)
-                            record["elapsed_s"] = round(self.wall_before + now - self.t_start, 2)
-                            self.log.write(record)
-                        sums, count, t_log, scans_since_log = {}, 0, now, 0
-                    if self.validate_enabled and (self.step % cfg.train.val_every == 0 or self.step == max_steps):
-                        self._after_validation(self._validate())
-                    if self.step % cfg.train.checkpoint_every == 0 or self.step == max_steps:
-                        if self.step == max_steps and self.env.enabled:
-                            distributed.sync_buffers(self.raw_model)
-                        state = self._train_state()  # collective under DDP: every rank calls it
-                        if self.is_main:
-                            self._save(self.last_path, state)
-                            if self.ema is not None:
-                                save_checkpoint(self.out_dir / "ema.pt", self.ema.as_module(self.raw_model),
-                                                self.cfg, self.label_map, self._meta() | {"ema_decay": self.ema.decay})
-                        distributed.barrier()
-                    if self.step >= max_steps:
-                        finished_epoch = False
-                        break
-                if finished_epoch:
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-            bar.close()
-            if self.env.enabled:
-                # Every rank reports its final weights: equal digests prove the ranks stayed in sync.
-                print(f"rank {self.env.rank}/{self.env.world_size}: final state sha256 "
-                      f"{distributed.state_digest(self.raw_model)}", flush=True)
-            if self.is_main:
-                if not self.validate_enabled:
-                    shutil.copyfile(self.last_path, self.best_path)
-                plot_curves(self.log.read(), self.out_dir / "curves.png", title=str(self.out_dir.name))
-            wall = self.wall_before + time.perf_counter() - self.t_start
-            return TrainResult(out_dir=self.out_dir, step=self.step, best_miou=self.best_miou,
-                               last_val_miou=self.last_val_miou, wall_s=wall)
+            self._prepare_run_dir(resumed=rng_state is not None)
+            self._train(rng_state)
+            return self._finish()
         finally:
             distributed.cleanup()
+
+    def _prepare_run_dir(self, resumed: bool) -> None:
+        """Write config.yaml; on resume, drop metrics lines logged after the checkpoint (rank 0)."""
+        if not self.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_config_yaml(self.cfg, self.out_dir / "config.yaml")
+        if resumed:
+            dropped = self.log.truncate_after(self.step)
+            if dropped:
+                print(f"resume: dropped {dropped} metrics line(s) logged after step {self.step}")
+            print(f"resuming {self.out_dir} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+    def _train(self, rng_state: Optional[dict[str, Any]]) -> None:
+        """The loop over epochs and batches: one optimiser step per batch, then logging,
+        validation and checkpointing when their step comes. ``rng_state`` (resume) is
+        restored after the epoch's iterator is created, exactly where the interrupted run was."""
+        max_steps = self.cfg.train.max_steps
+        bar = tqdm(total=max_steps, initial=self.step, desc="distill" if self.distill else "train",
+                   unit="step", disable=not (self.opts.progress and self.is_main), dynamic_ncols=True)
+        window = _LogWindow(t_start=time.perf_counter())
+        while self.step < max_steps:
+            batches = self._epoch_batches()
+            if rng_state is not None:
+                restore_rng_state(rng_state, self.generator)
+                rng_state = None
+            finished_epoch = True
+            for batch in batches:
+                terms = self._step(batch)
+                self.step += 1
+                self.batch_in_epoch += 1
+                window.add(terms, batch.batch_size * self.env.world_size)
+                bar.update(1)
+                if self._due(self.cfg.train.log_every):
+                    self._log_step(window, bar)
+                    window = _LogWindow(t_start=window.t_end)
+                self._maybe_validate()
+                self._maybe_checkpoint()
+                if self.step >= max_steps:
+                    finished_epoch = False
+                    break
+            if finished_epoch:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+        bar.close()
+
+    def _due(self, every: int) -> bool:
+        """Whether a task run every ``every`` steps (and always at the last step) runs at this step."""
+        return self.step % every == 0 or self.step == self.cfg.train.max_steps
+
+    def _log_step(self, window: "_LogWindow", bar: Any) -> None:
+        """Means of the loss terms since the last log line (over all ranks), throughput; one metrics line."""
+        means = distributed.mean_over_ranks(window.means())  # collective under DDP: every rank calls it
+        now = time.perf_counter()
+        window.t_end = now
+        rate = window.scans / max(now - window.t_start, 1e-9)
+        bar.set_postfix({k: f"{means[k]:.3f}" for k in ("loss", "seg", "pvd") if k in means}
+                        | {"scans/s": f"{rate:.2f}"})
+        if self.is_main:
+            record = {"kind": "train", "step": self.step, "epoch": self.epoch,
+                      "lr": self.optimizer.param_groups[0]["lr"]}
+            record.update({k: round(v, 6) for k, v in means.items()})
+            record["scans_per_s"] = round(rate, 3)
+            record["elapsed_s"] = round(self.wall_before + now - self.t_start, 2)
+            self.log.write(record)
+
+    def _maybe_validate(self) -> None:
+        if self.validate_enabled and self._due(self.cfg.train.val_every):
+            self._after_validation(self._validate())
+
+    def _maybe_checkpoint(self) -> None:
+        """last.pt (with train_state) and, with EMA, ema.pt every checkpoint_every steps and at the end."""
+        if not self._due(self.cfg.train.checkpoint_every):
+            return
+        if self.step == self.cfg.train.max_steps and self.env.enabled:
+            distributed.sync_buffers(self.raw_model)
+        state = self._train_state()  # collective under DDP: every rank calls it
+        if self.is_main:
+            self._save(self.last_path, state)
+            if self.ema is not None:
+                save_checkpoint(self.out_dir / "ema.pt", self.ema.as_module(self.raw_model),
+                                self.cfg, self.label_map, self._meta() | {"ema_decay": self.ema.decay})
+        distributed.barrier()
+
+    def _finish(self) -> TrainResult:
+        """Per-rank final digest under DDP; best.pt without validation; the final curves."""
+        if self.env.enabled:
+            # Every rank reports its final weights: equal digests prove the ranks stayed in sync.
+            print(f"rank {self.env.rank}/{self.env.world_size}: final state sha256 "
+                  f"{distributed.state_digest(self.raw_model)}", flush=True)
+        if self.is_main:
+            if not self.validate_enabled:
+                shutil.copyfile(self.last_path, self.best_path)
+            plot_curves(self.log.read(), self.out_dir / "curves.png", title=str(self.out_dir.name))
+        wall = self.wall_before + time.perf_counter() - self.t_start
+        return TrainResult(out_dir=self.out_dir, step=self.step, best_miou=self.best_miou,
+                           last_val_miou=self.last_val_miou, wall_s=wall)
+
+
+@dataclass
+class _LogWindow:
+    """The steps since the last log line: summed loss terms, their count, scans seen, and when it began."""
+
+    t_start: float
+    t_end: float = 0.0  # set when the window is logged: the next one begins then
+    sums: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+    scans: int = 0
+
+    def add(self, terms: dict[str, float], scans: int) -> None:
+        self.scans += scans
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.count for k, v in self.sums.items()}
 
 
 def train(opts: TrainOptions) -> TrainResult:
