@@ -50,7 +50,7 @@ setup(
         ],
         # Test dependencies live here (pip install -e ".[test]"): setuptools' tests_require is
         # gone, and colcon printed "Unknown distribution option: 'tests_require'" for it.
-        "test": ["pytest>=7", "pytest-timeout>=2.1"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "ruff==0.17.5"],
     },
     zip_safe=True,
     maintainer="pvd_ros developers",

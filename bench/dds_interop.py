@@ -178,7 +178,8 @@ def run_viewer(stop_file: Path, timeout: float) -> dict[str, Any]:
         rclpy.spin_once(node, timeout_sec=0.05)
     node.destroy_node()
     rclpy.try_shutdown()
-    return {"answer_points_by_stamp": {str(k): v for k, v in sorted(answers.items())}, "processed_ticks": len(processed),
+    return {"answer_points_by_stamp": {str(k): v for k, v in sorted(answers.items())},
+            "processed_ticks": len(processed),
             "node_counters": counters}
 
 
@@ -285,14 +286,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                 run = measure(spec, peers, checkpoint, args, domain_id, workdir)
                 runs.append(run)
                 print(f"{spec:45s} peers={peers:7s} published {run['published']} processed {run['processed_by_node']} "
-                      f"answered {run['answered']} node {run['node_counters']} (driver got ~/ready: {run['ready_received_by_driver']})", flush=True)
+                      f"answered {run['answered']} node {run['node_counters']} "
+                      f"(driver got ~/ready: {run['ready_received_by_driver']})", flush=True)
     result = {
         "benchmark": "dds_interop",
         "command": "python " + shlex.join(["bench/dds_interop.py"] + (sys.argv[1:] if argv is None else argv)),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-                    "net.core.rmem_max": _sysctl("net/core/rmem_max"), "net.core.wmem_max": _sysctl("net/core/wmem_max")},
+                    "net.core.rmem_max": _sysctl("net/core/rmem_max"),
+                    "net.core.wmem_max": _sysctl("net/core/wmem_max")},
         "scan": str(args.scan), "frames": args.frames, "period_s": args.period,
         "note": "CPU shared with training runs: success counts only, no timings",
         "runs": runs,

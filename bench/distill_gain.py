@@ -293,7 +293,8 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
               f"{doc.get('gain_bootstrap_ci95_over_scans')}, gap closed {doc['gap_closed']}; decision: "
               f"{doc['decision']}. Fidelity (agreement / KL): {doc['fidelity']}.", "",
               "| ablation | pairs | mean vs full PVD | 95 % CI |", "|---|---|---|---|"]
-    lines += [f"| {n} | {len(a['pairs'])} | {a['gain_vs_full_mean']} | {a['ci95']} |" for n, a in doc["ablations"].items()]
+    lines += [f"| {n} | {len(a['pairs'])} | {a['gain_vs_full_mean']} | {a['ci95']} |"
+              for n, a in doc["ablations"].items()]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -49,7 +49,8 @@ def segmenter_for(spec: str, fp16: bool):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--scan", type=Path, required=True, help="SemanticKITTI .bin scan (e.g. sequences/08/velodyne/000000.bin)")
+    p.add_argument("--scan", type=Path, required=True,
+                   help="SemanticKITTI .bin scan (e.g. sequences/08/velodyne/000000.bin)")
     p.add_argument("--data-root", type=Path, required=True, help="SemanticKITTI root for the training steps")
     p.add_argument("--models", nargs="+", default=[str(REPO / "config" / "kitti_cpu_teacher.yaml"),
                                                      str(REPO / "config" / "kitti_cpu_student.yaml")],

@@ -95,7 +95,8 @@ def cost(path: Path, data_root: Path, repeat: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         seg.segment(points)
         times.append(1e3 * (time.perf_counter() - t0))
-    return {"params": count_params(seg.model), "macs": int(macs.total), "latency_ms": round(statistics.median(times), 1),
+    return {"params": count_params(seg.model), "macs": int(macs.total),
+            "latency_ms": round(statistics.median(times), 1),
             "latency_ms_min": round(min(times), 1), "latency_runs": repeat, "points": int(len(points)),
             "torch_threads": torch.get_num_threads(),
             "init_size": seg.config.model.init_size, "grid": list(seg.config.grid.size)}

@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     load_before = os.getloadavg()
     result = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
+        "command": "python " + " ".join(shlex.quote(a)
+                                        for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "numpy": np.__version__, "loadavg_before": [round(v, 2) for v in load_before]},
         "sensors": [time_sensor(name, args.scans, args.seed, args.sequence) for name in sorted(SENSORS)],

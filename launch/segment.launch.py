@@ -15,7 +15,8 @@ Fast DDS's default transports (a LiDAR driver, ``ros2 topic echo``) exchange 64-
 with the node (bench/dds_interop.py). Other RMWs ignore the variables.
 
 When the node exits (an error such as a bad checkpoint or parameter, or a crash) the whole
-launch shuts down (an OnProcessExit handler emits Shutdown with the exit code as reason), so ``ros2 launch`` does not keep running without it.
+launch shuts down (an OnProcessExit handler emits Shutdown with the exit code as reason), so ``ros2 launch``
+does not keep running without it.
 ``rviz:=true`` without rviz2 installed fails before starting anything, with one message saying so.
 """
 import os
@@ -144,7 +145,8 @@ def generate_launch_description() -> LaunchDescription:
     # (additional_env would reach the node alone, and rviz2 would hear nothing from it).
     dds_environment = [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("dds_profile"))]
     if os.environ.get("ROS_DISTRO", "") in FAST_DDS_2_DISTROS:  # newer rmw_fastrtps warns on the old name
-        dds_environment.append(SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", LaunchConfiguration("dds_profile")))
+        dds_environment.append(
+            SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", LaunchConfiguration("dds_profile")))
 
     start = OpaqueFunction(function=_start, args=[share, use_sim_time])
     return LaunchDescription([*arguments, *dds_environment, start])

@@ -21,6 +21,8 @@ from pvd_ros import bag_io
 from pvd_ros.cli import bag_main
 from test_bag_tools import write_ros1_bag
 
+pytestmark = [pytest.mark.dds, pytest.mark.subprocess]  # slow tier (markers in setup.cfg)
+
 DOMAIN_ID = 120 + os.getpid() % 100  # 120..219: away from the default 0 and from other test files
 FAST_NODE = {"warmup_points": 2000}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,7 +116,8 @@ def test_weights_that_do_not_fit_are_named_by_parameter(saved):
         build_model_from_checkpoint(ckpt)
     msg = str(err.value)
     assert "trained with init_size 4" in msg
-    assert "cylinder_3d_spconv_seg.downCntx.conv1.weight: checkpoint shape (4, 1, 3, 3, 16), model shape (8, 1, 3, 3, 16)" in msg
+    assert ("cylinder_3d_spconv_seg.downCntx.conv1.weight: checkpoint shape (4, 1, 3, 3, 16), "
+            "model shape (8, 1, 3, 3, 16)") in msg
 
 
 def test_unreadable_files_raise_checkpoint_error_naming_the_file(tmp_path):

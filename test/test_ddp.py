@@ -15,6 +15,8 @@ import torch
 
 from test_train import REPO, read_jsonl, subprocess_env, tiny_config, write_tiny_kitti
 
+pytestmark = [pytest.mark.ddp, pytest.mark.subprocess]  # slow tier (markers in setup.cfg)
+
 
 @pytest.mark.timeout(300)
 def test_two_ranks_end_with_identical_weights(tmp_path):

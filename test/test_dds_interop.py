@@ -17,6 +17,8 @@ import pytest
 
 from pvd_ros.dds_settings import transport_warnings
 
+pytestmark = [pytest.mark.dds, pytest.mark.subprocess]  # slow tier (markers in setup.cfg)
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "config" / "fastdds_large_clouds.xml"
 FRAMES = 5  # on Fast DDS defaults about 4-7 in 10 scans arrived: all 5 by chance is rare

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.demo, pytest.mark.dds, pytest.mark.subprocess]  # slow tier (markers in setup.cfg)
+
 pytest.importorskip("rclpy", reason="the demo replays through a real ROS 2 node; rclpy is not installed")
 
 

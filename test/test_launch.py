@@ -217,6 +217,7 @@ def test_rviz_config_shows_rgb_cloud_and_latched_legend():
     assert ast.literal_eval(_kw(defaults["output_topic"], "default_value")) == "/pvd/labelled_points"
 
 
+@pytest.mark.dds
 def test_private_topic_remapping_form_is_accepted_by_rcl(tmp_path):
     """The launch file's ('~/input/points', topic) remapping, as rcl applies it to a node."""
     rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed")

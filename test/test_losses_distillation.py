@@ -167,7 +167,8 @@ def test_pvd_loss_terms_total_and_teacher_isolation():
     vsv = supervoxel_ids(batch.voxel_coords, SHAPE, cfg.supervoxel)
     psv = vsv[batch.point_to_voxel.long()]
     from pvd_core.losses.supervoxel import num_supervoxels, sample_supervoxels, supervoxel_weights
-    weights = supervoxel_weights(psv, batch.point_labels, batch.point_features[:, 3], num_supervoxels(2, SHAPE, cfg.supervoxel),
+    weights = supervoxel_weights(psv, batch.point_labels, batch.point_features[:, 3],
+                                 num_supervoxels(2, SHAPE, cfg.supervoxel),
                                  CLASS_WEIGHTS, min_points=cfg.min_points, rho_max=50.0)
     chosen = sample_supervoxels(weights, cfg.num_supervoxels, gen)
     p_groups = draw_members(psv, chosen, cfg.points_per_supervoxel, gen)

@@ -8,6 +8,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.subprocess  # slow tier (markers in setup.cfg)
+
 # A 24 MiB block allocated, written and freed three times; page faults of each round.
 PROBE = textwrap.dedent("""
     import ctypes, json, resource, sys

@@ -178,7 +178,8 @@ def test_folded_point_mlps_give_the_same_outputs(single_torch_thread) -> None:
     batch = collate_scans([CylindricalVoxelizer(cfg.grid)(points)], cfg.grid.size)
     folded = fold_point_mlps(model)
     bn_left = [m for m in folded.point_head.hidden if isinstance(m, nn.BatchNorm1d)]
-    assert not bn_left and not any(isinstance(m, nn.BatchNorm1d) for m in list(folded.cylinder_3d_generator.PPmodel)[1:])
+    assert not bn_left and not any(isinstance(m, nn.BatchNorm1d)
+                                   for m in list(folded.cylinder_3d_generator.PPmodel)[1:])
     with torch.no_grad():
         a, b = model(batch), folded(batch)
     torch.testing.assert_close(b.point_logits, a.point_logits, rtol=1e-4, atol=1e-4)

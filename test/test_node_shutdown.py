@@ -48,6 +48,8 @@ from std_msgs.msg import Header  # noqa: E402
 from conftest import save_tiny_checkpoint  # noqa: E402
 from pvd_ros.cloud_codec import make_cloud  # noqa: E402
 
+pytestmark = [pytest.mark.dds, pytest.mark.subprocess]  # slow tier (markers in setup.cfg)
+
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "segment.yaml"
 INT, TERM = signal.SIGINT, signal.SIGTERM

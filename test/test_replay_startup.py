@@ -23,6 +23,8 @@ from std_msgs.msg import Bool  # noqa: E402
 
 from pvd_ros.bag_replay import ReplayError, wait_for_ready  # noqa: E402
 
+pytestmark = pytest.mark.dds  # slow tier (markers in setup.cfg)
+
 DOMAIN_ID = 20 + os.getpid() % 100  # 20..119: away from the default 0 and from test_bag_replay's 120..219
 READY = "/segment_node/ready"
 

@@ -46,6 +46,7 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.subprocess
 def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path):
     from pvd_core.checkpoint import load_checkpoint
 

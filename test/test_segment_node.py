@@ -44,6 +44,8 @@ from pvd_ros.cloud_codec import make_cloud, packed_rgb_lut  # noqa: E402
 from pvd_ros.node_params import NodeParams  # noqa: E402
 from pvd_ros.segment_node import NodeStartupError, SegmentNode  # noqa: E402
 
+pytestmark = pytest.mark.dds  # slow tier (markers in setup.cfg)
+
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "segment.yaml"
 OUTPUT_FIELDS = {"x", "y", "z", "intensity", "label", "confidence", "rgb"}
@@ -159,7 +161,8 @@ def make_harness(ros_context, tiny_checkpoint):
 
     def factory(keep_clouds: bool = True, node_name: str = "segment_node", **overrides: Any) -> Harness:
         params = {"checkpoint": str(tiny_checkpoint), "device": "cpu", "warmup_points": 500, **overrides}
-        node = SegmentNode(node_name=node_name, context=ros_context, cli_args=["--ros-args", "--params-file", str(PARAMS_FILE)],
+        node = SegmentNode(node_name=node_name, context=ros_context,
+                           cli_args=["--ros-args", "--params-file", str(PARAMS_FILE)],
                            parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
         assert node.ready
         harness = Harness(ros_context, node, keep_clouds)
@@ -525,6 +528,7 @@ def test_corrupt_or_mismatched_checkpoint_refuses_to_start(ros_context, tiny_che
         assert str(path) in str(info.value)
 
 
+@pytest.mark.subprocess
 def test_console_script_starts_reports_ready_and_stops_on_sigint(ros_context, tiny_checkpoint):
     """`segment_node` as a child process (how `ros2 run` and the bag tools start it)."""
     import signal

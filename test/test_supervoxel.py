@@ -81,7 +81,7 @@ def _brute_force_weights(sv, labels, rho, n, cw, sampler, gamma, min_points, rho
 @pytest.mark.parametrize("sampler", ["difficulty", "class", "distance", "random"])
 def test_supervoxel_weights_match_formula(sampler):
     gen = torch.Generator().manual_seed(1)
-    n, C, P = 12, 5, 300
+    n, P = 12, 300
     # Supervoxels 3 and 7 stay empty; labels skewed so some classes miss min_points.
     choices = torch.tensor([k for k in range(n) if k not in (3, 7)])
     sv = choices[torch.randint(0, len(choices), (P,), generator=gen)]

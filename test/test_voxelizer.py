@@ -159,7 +159,7 @@ def test_empty_and_malformed_input() -> None:
 def majority_reference(point_to_voxel: np.ndarray, labels: np.ndarray, num_voxels: int) -> np.ndarray:
     out = np.zeros(num_voxels, dtype=np.int64)
     for v in range(num_voxels):
-        counts = Counter(int(l) for l in labels[point_to_voxel == v] if l != 0)
+        counts = Counter(int(lab) for lab in labels[point_to_voxel == v] if lab != 0)
         if counts:
             best = max(counts.values())
             out[v] = min(label for label, c in counts.items() if c == best)
@@ -195,11 +195,11 @@ def test_voxel_labels_on_real_scan(real_scan_path: Path, real_label_path: Path) 
     # Brute force on a subset of voxels (the full Python loop would be slow).
     chosen = np.arange(0, scan.num_voxels, 97)
     for v in chosen:
-        counts = Counter(int(l) for l in scan.point_labels[scan.point_to_voxel == v] if l != 0)
+        counts = Counter(int(lab) for lab in scan.point_labels[scan.point_to_voxel == v] if lab != 0)
         expected = 0
         if counts:
             best = max(counts.values())
-            expected = min(l for l, c in counts.items() if c == best)
+            expected = min(lab for lab, c in counts.items() if c == best)
         assert scan.voxel_labels[v] == expected
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint to export (e.g. a run's last.pt)")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
+                        help="checkpoint to export (e.g. a run's last.pt)")
     parser.add_argument("--out", required=True, metavar="OUT", help="where to write the inference checkpoint")
     parser.add_argument("--trained-on", required=True, metavar="TEXT", help="the data it was trained on, in words")
     parser.add_argument("--licence", required=True, metavar="TEXT",

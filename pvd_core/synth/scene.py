@@ -641,10 +641,12 @@ def generate_town(seed: int, sequence: str, num_scans: int) -> Town:
         lane_width=lane_width, lanes_left=lanes[1], lanes_right=lanes[0], median_width=median,
         median_raw=TERRAIN if rng.random() < 0.6 else OTHER_GROUND, kerb_height=float(rng.uniform(0.1, 0.17)),
         center_dashed=bool(rng.random() < 0.6), dash_phase=float(rng.uniform(0, 9)),
-        terrain_bump=float(rng.uniform(0.05, 0.25)), terrain_phase=(float(rng.uniform(0, 6.3)), float(rng.uniform(0, 6.3))),
+        terrain_bump=float(rng.uniform(0.05, 0.25)),
+        terrain_phase=(float(rng.uniform(0, 6.3)), float(rng.uniform(0, 6.3))),
         bounds=bounds, cross_width=cross_width, cross_side=cross_side,
         crosswalk=np.array([False] + [p["crosswalk"] for p in params[1:]] + [False], dtype=bool),
-        parking_width=np.array([p["parking"] for p in params]), sidewalk_width=np.array([p["sidewalk"] for p in params]),
+        parking_width=np.array([p["parking"] for p in params]),
+        sidewalk_width=np.array([p["sidewalk"] for p in params]),
         frontage_raw=np.array([p["frontage"] for p in params], dtype=np.int64),
     )
     builder = SceneBuilder()
