@@ -48,7 +48,8 @@ class ConfusionMatrix:
 
     def __init__(self, num_classes: int) -> None:
         if num_classes < 2:
-            raise ValueError(f"ConfusionMatrix: num_classes must be >= 2 (class 0 plus at least one), got {num_classes}")
+            raise ValueError(
+                f"ConfusionMatrix: num_classes must be >= 2 (class 0 plus at least one), got {num_classes}")
         self.num_classes = int(num_classes)
         self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
 
@@ -190,6 +191,19 @@ def metrics_dict(result: IoUResult, class_names: Sequence[str]) -> dict[str, Any
         "classes": [class_names[c] for c in result.classes],
         "absent_classes": [class_names[c] for c in result.absent],
     }
+
+
+def iou_report(matrix: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """The IoU fields of a bag report (``pvd_bag eval`` and ``pvd_bag replay``) from a confusion matrix.
+
+    ``miou``, ``iou`` (percent; null for absent classes), ``classes`` (those the mean is over),
+    ``absent_classes``, ``scored_points`` (labelled points) and the printable ``table``.
+    """
+    result = compute_iou(matrix)
+    scores = metrics_dict(result, class_names)
+    return {"miou": scores["miou"], "iou": scores["iou"], "classes": scores["classes"],
+            "absent_classes": scores["absent_classes"], "scored_points": scores["points"],
+            "table": format_iou_table(result, class_names)}
 
 
 def save_confusion_png(matrix: np.ndarray, class_names: Sequence[str], path: Union[str, Path],
