@@ -165,19 +165,7 @@ def replay_bag(
     ``node_params``: extra node parameters (e.g. {"max_points": 50000}).
     ``drain_timeout_s``: after the last publish, the longest wait for the last answers.
     """
-    import rclpy
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
-    from rclpy.parameter import Parameter
-    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-    from rclpy.serialization import serialize_message
-    from diagnostic_msgs.msg import DiagnosticArray
-    from sensor_msgs.msg import PointCloud2
-
     from pvd_core.checkpoint import load_checkpoint
-    from pvd_core.metrics import ConfusionMatrix, compute_iou, format_iou_table, metrics_dict
-    from pvd_ros.cloud_codec import CloudError, copy_into_message
 
     bag, checkpoint = Path(bag), Path(checkpoint)
     if rate <= 0:
@@ -199,190 +187,30 @@ def replay_bag(
     # The node's point rule: its range parameters as given here, else the defaults (a params_file's are not read).
     rule = PointRule(**{k: float(extra[k]) for k in ("min_range", "max_range") if k in extra})
     frames = load_frames(bag, topic, label_map, max_frames, progress, rule)
-    labelled = any(f.gt is not None for f in frames)
 
-    transport_env = _large_data_env() if node == "process" else {}
-    saved_env = {k: os.environ.get(k) for k in transport_env}
-    os.environ.update(transport_env)  # read when our participant is created (first node); restored below
-    context = Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    executor = SingleThreadedExecutor(context=context)
-    player: Optional[Node] = None
-    seg_node: Any = None
-    child: Optional[_ChildNode] = None
-    spin_thread: Optional[threading.Thread] = None
-    writer: Optional[bag_io.CloudBagWriter] = None
-    lock = threading.Lock()
-    published: dict[tuple[int, int], tuple[float, int]] = {}  # stamp -> (publish monotonic, frame index)
-    answers: dict[int, tuple[float, Optional[np.ndarray]]] = {}  # frame index -> (latency s, labels)
-    unmatched = [0]
-    received_total = [0]
-    bad_answers: list[str] = []
-    last_event = [time.monotonic()]
-    diag_values: dict[str, str] = {}
-    ready_flag = threading.Event()
-    probe_answers: dict[tuple[int, int], float] = {}
-    bag_keys = {f.stamp_key for f in frames}
-    probe_keys = {(0, k) for k in range(1, 1000) if (0, k) not in bag_keys}
-    try:
-        if node == "inprocess":
-            from pvd_ros.segment_node import SegmentNode
-
-            overrides = [Parameter("checkpoint", value=str(checkpoint)), Parameter("device", value=device)]
-            overrides += [Parameter(k, value=v) for k, v in extra.items()]
-            cli_args = ["--ros-args", "--params-file", str(params_file)] if params_file is not None else None
-            seg_node = SegmentNode(context=context, parameter_overrides=overrides, cli_args=cli_args)
-            input_topic, output_topic = seg_node.input_topic, seg_node.output_topic
-            executor.add_node(seg_node)
-            ready_flag.set()
-        else:
-            child = _ChildNode(checkpoint, device, domain_id, Path(params_file) if params_file else None, extra,
-                               transport_env)
-            input_topic, output_topic = f"/{NODE_NAME}/input/points", f"/{NODE_NAME}/output/points"
-
-        player = Node("pvd_bag_replay", context=context)
-        _restore_env(saved_env)
-        sensor_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                                reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
-        answer_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                                reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-        publisher = player.create_publisher(PointCloud2, input_topic, sensor_qos)
-        if record is not None:
-            writer = bag_io.CloudBagWriter(record, topic=output_topic, storage=record_storage).__enter__()
-
-        def on_answer(msg: PointCloud2) -> None:
-            received = time.monotonic()
-            key = _stamp_key(msg.header)
-            with lock:
-                received_total[0] += 1
-            if key in probe_keys:
-                with lock:
-                    probe_answers[key] = received
-                return
-            with lock:
-                entry = published.get(key)
-                last_event[0] = received
-                if entry is None or entry[1] in answers:
-                    unmatched[0] += 1
-                    return
-            sent, index = entry
-            labels = None
-            n_expected = int(frames[index].msg.height) * int(frames[index].msg.width)
-            try:
-                if int(msg.height) * int(msg.width) != n_expected:
-                    raise CloudError("layout", f"answer has {int(msg.height) * int(msg.width)} points, "
-                                               f"input had {n_expected}")
-                if frames[index].gt is not None:
-                    labels = np.array(bag_io.read_label_field(msg), dtype=np.int64)
-            except CloudError as exc:
-                with lock:
-                    bad_answers.append(f"frame {index}: {exc}")
-                return
-            with lock:
-                answers[index] = (received - sent, labels)
-            if writer is not None:
-                writer.write_serialized(serialize_message(msg),
-                                        frames[index].timestamp_ns + int((received - sent) * 1e9))
-
-        def on_diagnostics(msg: DiagnosticArray) -> None:
-            for status in msg.status:
-                if status.name.startswith(f"{NODE_NAME}:"):
-                    with lock:
-                        diag_values.update({kv.key: kv.value for kv in status.values})
-
-        player.create_subscription(PointCloud2, output_topic, on_answer, answer_qos)
-        player.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-        executor.add_node(player)
-        spin_thread = threading.Thread(target=_spin, args=(executor,), name="pvd_bag_replay_spin", daemon=True)
-        spin_thread.start()
-
-        if not ready_flag.is_set():
-            wait_for_ready(player, f"/{NODE_NAME}/ready", startup_timeout_s, child)
-        _wait(lambda: publisher.get_subscription_count() > 0 and
-              player.count_publishers(output_topic) > 0, 30.0, child,
-              f"the player and segment_node did not discover each other on {input_topic} / {output_topic} "
-              f"within 30 s (ROS domain {domain_id})", lambda: describe_graph(player, [input_topic, output_topic]))
-        # Round trip before the clock starts: discovery is asymmetric (our publisher may see the
-        # node's subscription before the node accepts our samples, and the node skips clouds
-        # until its own publisher sees our subscription), so a probe cloud is re-sent until one
-        # answer comes back. Probe stamps never collide with the bag's; probe answers are not scored.
-        probe_rtt, probes_sent = _probe(frames[0].msg, publisher, probe_keys, probe_answers, lock,
-                                        startup_timeout_s, child, copy_into_message)
-
-        # ------------------------------------------------------------ the timed run
-        t0_bag = frames[0].timestamp_ns
-        start = time.monotonic() + 0.05
-        lateness: list[float] = []
-        bar = tqdm(total=len(frames), desc=f"replay x{rate:g}", unit="frame", disable=not progress)
-        for index, frame in enumerate(frames):
-            target = start + (frame.timestamp_ns - t0_bag) / 1e9 / rate
-            delay = target - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            if child is not None and index % 10 == 0:
-                child.check_alive()
-            now = time.monotonic()
-            lateness.append(now - target)
-            with lock:
-                published[frame.stamp_key] = (now, index)
-                last_event[0] = now
-            publisher.publish(frame.msg)
-            bar.update(1)
-            with lock:
-                bar.set_postfix(answered=len(answers))
-        bar.close()
-        end_publish = time.monotonic()
-
-        # ------------------------------------------------------------ drain: bounded wait for the last answers
-        while True:
-            with lock:
-                done = len(answers) == len(frames)
-                worst = max((a[0] for a in answers.values()), default=None)
-                idle = time.monotonic() - last_event[0]
-            if done:
-                break
-            window = drain_timeout_s if worst is None else min(drain_timeout_s, max(2.0, 3.0 * worst))
-            if idle > window or time.monotonic() - end_publish > drain_timeout_s:
-                break
-            if child is not None:
-                child.check_alive()
-            time.sleep(0.02)
+    graph = _ReplayGraph(node, checkpoint, device, domain_id, Path(params_file) if params_file else None, extra,
+                         frames, record, record_storage)
+    with graph:
+        graph.connect(startup_timeout_s)
+        start, lateness = _publish_on_schedule(graph.player, frames, rate, graph.child, progress)
+        _drain(graph.player, len(frames), drain_timeout_s, graph.child)
         wall_s = time.monotonic() - start
-        node_stats = seg_node.stats() if seg_node is not None else {k: _maybe_int(v) for k, v in diag_values.items()
-                                                                     if not k.startswith("mean_") and k != "checkpoint"}
-        device_used = str(seg_node.segmenter.device) if seg_node is not None else None
-        if seg_node is not None:  # the node's own per-frame times (decode to encode), recent frames
-            recent = seg_node.recent_frames()[-20:]
-            node_mean_ms = {stage: round(float(np.mean([f.timings[stage] for f in recent])), 3)
-                            for stage in (recent[0].timings if recent else {})}
-        else:
-            node_mean_ms = {k[len("mean_"):-len("_ms")]: float(v) for k, v in diag_values.items()
-                            if k.startswith("mean_") and k.endswith("_ms")}
-    finally:
-        _restore_env(saved_env)
-        executor.shutdown(timeout_sec=5.0)
-        if spin_thread is not None:
-            spin_thread.join(timeout=5.0)
-        if seg_node is not None:
-            seg_node.destroy_node()
-        if player is not None:
-            player.destroy_node()
-        context.try_shutdown()
-        if child is not None:
-            child.stop()
-        if writer is not None:
-            writer.__exit__(None, None, None)
+        graph.collect_node_figures()
+    return _report(graph, bag, topic, rate, label_map, lateness, wall_s)
 
-    # ------------------------------------------------------------ report
-    with lock:
-        answered = dict(answers)
-    latencies_ms = [answered[i][0] * 1e3 for i in sorted(answered)]
+
+def _report(graph: "_ReplayGraph", bag: Path, topic: str, rate: float, label_map: Any, lateness: list[float],
+            wall_s: float) -> dict[str, Any]:
+    """The replay's report: counts, latency, the node's own figures, the DDS settings, the scores."""
+    player, frames = graph.player, graph.frames
+    with player.lock:
+        answered = dict(player.answers)
     report: dict[str, Any] = {
         "bag": str(bag),
         "topic": topic,
-        "checkpoint": str(checkpoint),
-        "node": node,
-        "device": device_used or device,
+        "checkpoint": str(graph.checkpoint),
+        "node": graph.mode,
+        "device": graph.device_used or graph.device,
         "rate": rate,
         "input_hz": _input_hz(frames, rate),
         "frames": len(frames),
@@ -390,38 +218,25 @@ def replay_bag(
         "answered": len(answered),
         "dropped": len(frames) - len(answered),
         "drop_rate": round((len(frames) - len(answered)) / len(frames), 4),
-        "latency_ms": latency_summary(latencies_ms),
+        "latency_ms": latency_summary([answered[i][0] * 1e3 for i in sorted(answered)]),
         "publish_lateness_ms": latency_summary([x * 1e3 for x in lateness]),
-        "unmatched_answers": unmatched[0],
-        "probe_answers": len(probe_answers),
-        "answers_received": received_total[0],
-        "bad_answers": bad_answers[:10],
+        "unmatched_answers": player.unmatched,
+        "probe_answers": len(player.probe_answers),
+        "answers_received": player.received_total,
+        "bad_answers": player.bad_answers[:10],
         "wall_s": round(wall_s, 3),
-        "probe_round_trip_ms": round(probe_rtt * 1e3, 3),
-        "probes_sent": probes_sent,
-        "node_stats": node_stats,
-        "node_mean_ms": node_mean_ms,
-        "domain_id": domain_id,
-        "dds_env": transport_env,
-        "labelled": labelled,
+        "probe_round_trip_ms": round(graph.probe_rtt * 1e3, 3),
+        "probes_sent": graph.probes_sent,
+        "node_stats": graph.node_stats,
+        "node_mean_ms": graph.node_mean_ms,
+        "domain_id": graph.domain_id,
+        "dds_env": graph.transport_env,
+        "labelled": any(f.gt is not None for f in frames),
     }
-    if record is not None:
-        report["record"] = {"bag": str(record), "topic": output_topic, "messages": writer.count if writer else 0}
-    if labelled:
-        confusion = ConfusionMatrix(label_map.num_classes)
-        for index, (_, labels) in answered.items():
-            gt = frames[index].gt
-            if gt is not None and labels is not None:
-                confusion.update(labels, gt)
-        if confusion.points:
-            iou = compute_iou(confusion.matrix)
-            scores = metrics_dict(iou, label_map.class_names)
-            report.update(miou=scores["miou"], iou=scores["iou"], absent_classes=scores["absent_classes"],
-                          scored_points=scores["points"], table=format_iou_table(iou, label_map.class_names))
-        else:
-            report.update(miou=None, iou=None, note="no labelled frame was answered: no mIoU")
-    else:
-        report.update(miou=None, iou=None, note=f"no cloud on {topic} has a 'label' field: latency only, no mIoU")
+    if graph.record is not None:
+        report["record"] = {"bag": str(graph.record), "topic": graph.output_topic,
+                            "messages": graph.writer.count if graph.writer else 0}
+    report.update(_score(frames, answered, label_map, topic))
     return report
 
 
@@ -430,9 +245,287 @@ def _checkpoint_label_map(checkpoint: Path, load_checkpoint: Any) -> Any:
     return load_checkpoint(str(checkpoint)).label_map
 
 
-def _probe(template: Any, publisher: Any, keys: set[tuple[int, int]], answered: dict[tuple[int, int], float],
-           lock: threading.Lock, timeout_s: float, child: Optional[_ChildNode],
-           copy_into_message: Any) -> tuple[float, int]:
+class _Player:
+    """The replay's own node: publishes the bag's clouds, receives the segment node's answers and diagnostics.
+
+    Answers are matched to inputs by header stamp. Every counter is an attribute, read and
+    written under ``lock`` (the callbacks run on the executor's thread, publishing on the caller's).
+    """
+
+    def __init__(self, node: Any, frames: Sequence[_Frame], input_topic: str, output_topic: str,
+                 writer: Optional[bag_io.CloudBagWriter]) -> None:
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import PointCloud2
+
+        self.node = node
+        self.frames = frames
+        self.writer = writer
+        self.lock = threading.Lock()
+        self.published: dict[tuple[int, int], tuple[float, int]] = {}  # stamp -> (publish monotonic, frame index)
+        self.answers: dict[int, tuple[float, Optional[np.ndarray]]] = {}  # frame index -> (latency s, labels)
+        self.unmatched = 0  # answers to no published frame, or a second answer to one
+        self.received_total = 0  # every answer, probes included
+        self.bad_answers: list[str] = []
+        self.last_event = time.monotonic()  # the last publish or answer
+        self.diag_values: dict[str, str] = {}  # the node's latest /diagnostics key-values
+        self.probe_answers: dict[tuple[int, int], float] = {}  # probe stamp -> receive monotonic
+        bag_keys = {f.stamp_key for f in frames}
+        self.probe_keys = {(0, k) for k in range(1, 1000) if (0, k) not in bag_keys}  # never a bag frame's stamp
+        sensor_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                                reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+        answer_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                                reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+        self.publisher = node.create_publisher(PointCloud2, input_topic, sensor_qos)
+        node.create_subscription(PointCloud2, output_topic, self.on_answer, answer_qos)
+        node.create_subscription(DiagnosticArray, "/diagnostics", self.on_diagnostics, 10)
+
+    def publish(self, index: int, now: float) -> None:
+        """Publish frame ``index``, noting ``now`` as its send time."""
+        frame = self.frames[index]
+        with self.lock:
+            self.published[frame.stamp_key] = (now, index)
+            self.last_event = now
+        self.publisher.publish(frame.msg)
+
+    def answered_count(self) -> int:
+        with self.lock:
+            return len(self.answers)
+
+    def on_answer(self, msg: Any) -> None:
+        from rclpy.serialization import serialize_message
+
+        from pvd_ros.cloud_codec import CloudError
+
+        received = time.monotonic()
+        key = _stamp_key(msg.header)
+        with self.lock:
+            self.received_total += 1
+            if key in self.probe_keys:
+                self.probe_answers[key] = received
+                return
+            entry = self.published.get(key)
+            self.last_event = received
+            if entry is None or entry[1] in self.answers:
+                self.unmatched += 1
+                return
+        sent, index = entry
+        frame = self.frames[index]
+        labels = None
+        n_expected = int(frame.msg.height) * int(frame.msg.width)
+        try:
+            if int(msg.height) * int(msg.width) != n_expected:
+                raise CloudError("layout", f"answer has {int(msg.height) * int(msg.width)} points, "
+                                           f"input had {n_expected}")
+            if frame.gt is not None:
+                labels = np.array(bag_io.read_label_field(msg), dtype=np.int64)
+        except CloudError as exc:
+            with self.lock:
+                self.bad_answers.append(f"frame {index}: {exc}")
+            return
+        with self.lock:
+            self.answers[index] = (received - sent, labels)
+        if self.writer is not None:
+            self.writer.write_serialized(serialize_message(msg), frame.timestamp_ns + int((received - sent) * 1e9))
+
+    def on_diagnostics(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.name.startswith(f"{NODE_NAME}:"):
+                with self.lock:
+                    self.diag_values.update({kv.key: kv.value for kv in status.values})
+
+
+class _ReplayGraph:
+    """The ROS side of one replay: its own rclpy context and executor, the segment node (in this
+    process or a child), the player, the spinning thread and the recording; ``with`` starts and
+    shuts down all of them. After ``collect_node_figures`` it holds the node's own figures."""
+
+    def __init__(self, mode: str, checkpoint: Path, device: str, domain_id: int, params_file: Optional[Path],
+                 extra: dict[str, Any], frames: Sequence[_Frame], record: Optional[PathLike],
+                 record_storage: str) -> None:
+        self.mode, self.checkpoint, self.device, self.domain_id = mode, checkpoint, device, domain_id
+        self.params_file, self.extra, self.frames = params_file, extra, frames
+        self.record, self.record_storage = record, record_storage
+        self.transport_env = _large_data_env() if mode == "process" else {}
+        self.saved_env = {k: os.environ.get(k) for k in self.transport_env}
+        self.context: Any = None
+        self.executor: Any = None
+        self.seg_node: Any = None
+        self.child: Optional[_ChildNode] = None
+        self.player: Any = None  # _Player
+        self.spin_thread: Optional[threading.Thread] = None
+        self.writer: Optional[bag_io.CloudBagWriter] = None
+        self.input_topic = self.output_topic = ""
+        self.probe_rtt, self.probes_sent = 0.0, 0
+        self.node_stats: dict[str, Any] = {}
+        self.node_mean_ms: dict[str, float] = {}
+        self.device_used: Optional[str] = None
+
+    def __enter__(self) -> "_ReplayGraph":
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+
+        os.environ.update(self.transport_env)  # read when our participant is created (first node); restored below
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=self.domain_id)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        if self.mode == "inprocess":
+            self._start_inprocess_node()
+        else:
+            self.child = _ChildNode(self.checkpoint, self.device, self.domain_id, self.params_file, self.extra,
+                                    self.transport_env)
+            self.input_topic, self.output_topic = f"/{NODE_NAME}/input/points", f"/{NODE_NAME}/output/points"
+        node = Node("pvd_bag_replay", context=self.context)
+        _restore_env(self.saved_env)
+        if self.record is not None:
+            self.writer = bag_io.CloudBagWriter(self.record, topic=self.output_topic,
+                                                storage=self.record_storage).__enter__()
+        self.player = _Player(node, self.frames, self.input_topic, self.output_topic, self.writer)
+        self.executor.add_node(node)
+        self.spin_thread = threading.Thread(target=_spin, args=(self.executor,), name="pvd_bag_replay_spin",
+                                            daemon=True)
+        self.spin_thread.start()
+
+    def _start_inprocess_node(self) -> None:
+        from rclpy.parameter import Parameter
+
+        from pvd_ros.segment_node import SegmentNode
+
+        overrides = [Parameter("checkpoint", value=str(self.checkpoint)), Parameter("device", value=self.device)]
+        overrides += [Parameter(k, value=v) for k, v in self.extra.items()]
+        cli_args = ["--ros-args", "--params-file", str(self.params_file)] if self.params_file is not None else None
+        self.seg_node = SegmentNode(context=self.context, parameter_overrides=overrides, cli_args=cli_args)
+        self.input_topic, self.output_topic = self.seg_node.input_topic, self.seg_node.output_topic
+        self.executor.add_node(self.seg_node)
+
+    def connect(self, startup_timeout_s: float) -> None:
+        """Wait until the node is ready, the two have discovered each other and a probe cloud made the round trip."""
+        node, child = self.player.node, self.child
+        if self.seg_node is None:
+            wait_for_ready(node, f"/{NODE_NAME}/ready", startup_timeout_s, child)
+        topics = [self.input_topic, self.output_topic]
+        _wait(lambda: self.player.publisher.get_subscription_count() > 0 and
+              node.count_publishers(self.output_topic) > 0, 30.0, child,
+              f"the player and segment_node did not discover each other on {topics[0]} / {topics[1]} "
+              f"within 30 s (ROS domain {self.domain_id})", lambda: describe_graph(node, topics))
+        # Round trip before the clock starts: discovery is asymmetric (our publisher may see the
+        # node's subscription before the node accepts our samples, and the node skips clouds
+        # until its own publisher sees our subscription), so a probe cloud is re-sent until one
+        # answer comes back. Probe stamps never collide with the bag's; probe answers are not scored.
+        self.probe_rtt, self.probes_sent = _probe(self.player, self.frames[0].msg, startup_timeout_s, child)
+
+    def collect_node_figures(self) -> None:
+        """The node's counters and mean stage times: its own (in-process) or its last /diagnostics (child)."""
+        if self.seg_node is not None:
+            self.node_stats = self.seg_node.stats()
+            self.device_used = str(self.seg_node.segmenter.device)
+            recent = self.seg_node.recent_frames()[-20:]  # the node's own per-frame times (decode to encode)
+            self.node_mean_ms = {stage: round(float(np.mean([f.timings[stage] for f in recent])), 3)
+                                 for stage in (recent[0].timings if recent else {})}
+            return
+        with self.player.lock:
+            diag = dict(self.player.diag_values)
+        self.node_stats = {k: _maybe_int(v) for k, v in diag.items() if not k.startswith("mean_") and k != "checkpoint"}
+        self.node_mean_ms = {k[len("mean_"):-len("_ms")]: float(v) for k, v in diag.items()
+                             if k.startswith("mean_") and k.endswith("_ms")}
+
+    def close(self) -> None:
+        _restore_env(self.saved_env)
+        if self.executor is not None:
+            self.executor.shutdown(timeout_sec=5.0)
+        if self.spin_thread is not None:
+            self.spin_thread.join(timeout=5.0)
+        if self.seg_node is not None:
+            self.seg_node.destroy_node()
+        if self.player is not None:
+            self.player.node.destroy_node()
+        if self.context is not None:
+            self.context.try_shutdown()
+        if self.child is not None:
+            self.child.stop()
+        if self.writer is not None:
+            self.writer.__exit__(None, None, None)
+
+
+def _publish_on_schedule(player: _Player, frames: Sequence[_Frame], rate: float, child: Optional[_ChildNode],
+                         progress: bool) -> tuple[float, list[float]]:
+    """Publish every frame at its bag time divided by ``rate``, from now on.
+
+    Returns the schedule's start (monotonic s) and each publish's lateness behind its schedule (s).
+    """
+    t0_bag = frames[0].timestamp_ns
+    start = time.monotonic() + 0.05
+    lateness: list[float] = []
+    bar = tqdm(total=len(frames), desc=f"replay x{rate:g}", unit="frame", disable=not progress)
+    for index, frame in enumerate(frames):
+        target = start + (frame.timestamp_ns - t0_bag) / 1e9 / rate
+        delay = target - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        if child is not None and index % 10 == 0:
+            child.check_alive()
+        now = time.monotonic()
+        lateness.append(now - target)
+        player.publish(index, now)
+        bar.update(1)
+        bar.set_postfix(answered=player.answered_count())
+    bar.close()
+    return start, lateness
+
+
+def _drain(player: _Player, n_frames: int, drain_timeout_s: float, child: Optional[_ChildNode]) -> None:
+    """Bounded wait for the last answers after the last publish.
+
+    Ends when every frame is answered, when nothing has arrived for three times the worst
+    latency so far (at least 2 s, at most ``drain_timeout_s``), or ``drain_timeout_s`` after the last publish.
+    """
+    end_publish = time.monotonic()
+    while True:
+        with player.lock:
+            done = len(player.answers) == n_frames
+            worst = max((a[0] for a in player.answers.values()), default=None)
+            idle = time.monotonic() - player.last_event
+        if done:
+            break
+        window = drain_timeout_s if worst is None else min(drain_timeout_s, max(2.0, 3.0 * worst))
+        if idle > window or time.monotonic() - end_publish > drain_timeout_s:
+            break
+        if child is not None:
+            child.check_alive()
+        time.sleep(0.02)
+
+
+def _score(frames: Sequence[_Frame], answered: dict[int, tuple[float, Optional[np.ndarray]]], label_map: Any,
+           topic: str) -> dict[str, Any]:
+    """The IoU fields of the report over the answered labelled frames, or ``miou: None`` and a note why not."""
+    from pvd_core.metrics import ConfusionMatrix, iou_report
+
+    if not any(f.gt is not None for f in frames):
+        return {"miou": None, "iou": None, "note": f"no cloud on {topic} has a 'label' field: latency only, no mIoU"}
+    confusion = ConfusionMatrix(label_map.num_classes)
+    for index, (_, labels) in answered.items():
+        gt = frames[index].gt
+        if gt is not None and labels is not None:
+            confusion.update(labels, gt)
+    if not confusion.points:
+        return {"miou": None, "iou": None, "note": "no labelled frame was answered: no mIoU"}
+    return iou_report(confusion.matrix, label_map.class_names)
+
+
+def _probe(player: _Player, template: Any, timeout_s: float, child: Optional[_ChildNode]) -> tuple[float, int]:
     """Re-send a probe cloud (backing off) until one is answered, then let the node go idle.
 
     Returns the probe's round-trip time in seconds and how many probes were sent. The node
@@ -440,14 +533,17 @@ def _probe(template: Any, publisher: Any, keys: set[tuple[int, int]], answered: 
     for its answer (it may also have been dropped, hence the bounded wait) so that the
     timed run starts with an idle node.
     """
-    deadline = time.monotonic() + timeout_s
     from std_msgs.msg import Header
 
+    from pvd_ros.cloud_codec import copy_into_message
+
+    deadline = time.monotonic() + timeout_s
+    publisher, answered, lock = player.publisher, player.probe_answers, player.lock
     probe = copy_into_message(template)
     probe.header = Header(frame_id=template.header.frame_id)  # copy_into_message shares the template's header
     sent: dict[tuple[int, int], float] = {}
     interval = 1.0
-    order = sorted(keys)
+    order = sorted(player.probe_keys)
     rtt: Optional[float] = None
     next_report = time.monotonic() + STARTUP_REPORT_S
     while rtt is None:
