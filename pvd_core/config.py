@@ -32,7 +32,8 @@ class DatasetConfig:
 
     kind: str = "semantickitti"  # semantickitti | nuscenes (selects the label map)
     data_root: str = "data/synthetic"
-    train_sequences: list[str] = field(default_factory=lambda: ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"])
+    train_sequences: list[str] = field(
+        default_factory=lambda: ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"])
     val_sequences: list[str] = field(default_factory=lambda: ["08"])
 
     def validate(self, where: str) -> None:
