@@ -1,6 +1,6 @@
 """The one configuration schema of pvd_ros.
 
-Every number of METHOD.md is a field here, so that a YAML file in ``config/`` fully
+Every number of docs/method.md is a field here, so that a YAML file in ``config/`` fully
 describes a model, its data and how it is trained. Loading is strict: an unknown key,
 a wrong type or an out-of-range value is a :class:`ConfigError` that names the file
 and the dotted field, because a silently ignored typo in a training config costs a
@@ -43,7 +43,7 @@ class DatasetConfig:
 
 @dataclass
 class GridConfig:
-    """The cylindrical partition of METHOD.md section 1."""
+    """The cylindrical partition of docs/method.md section 1."""
 
     size: list[int] = field(default_factory=lambda: [480, 360, 32])  # (rho, phi, z) cells
     rho: list[float] = field(default_factory=lambda: [0.0, 50.0])
@@ -79,7 +79,7 @@ class GridConfig:
 
 @dataclass
 class ModelConfig:
-    """Cylinder3D with a point head (METHOD.md section 2); width is ``init_size``."""
+    """Cylinder3D with a point head (docs/method.md section 2); width is ``init_size``."""
 
     init_size: int = 16
     num_input_features: int = 16  # width after the point feature generator's max-pool
@@ -103,7 +103,7 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    """Training augmentation of METHOD.md section 5."""
+    """Training augmentation of docs/method.md section 5."""
 
     enabled: bool = True
     flip: bool = True
@@ -170,7 +170,7 @@ class TrainConfig:
 
 @dataclass
 class DistillConfig:
-    """PVD (METHOD.md section 4). Absent or ``enabled: false`` means plain supervised training."""
+    """PVD (docs/method.md section 4). Absent or ``enabled: false`` means plain supervised training."""
 
     enabled: bool = False
     alpha_p: float = 1.0  # pointwise output KL

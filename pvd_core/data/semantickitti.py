@@ -1,4 +1,4 @@
-"""SemanticKITTI reader (DATA.md): velodyne/*.bin points, labels/*.label ids, splits.
+"""SemanticKITTI reader (docs/data.md): velodyne/*.bin points, labels/*.label ids, splits.
 
 Every malformed file is an error naming the file and the counts involved: a wrong scan
 silently mapped to garbage would poison a training run without a trace.
