@@ -31,30 +31,18 @@ from launch_ros.substitutions import FindPackageShare
 
 #: Launch arguments that override the params file when given; empty (their default) leaves it.
 OVERRIDABLE = ("checkpoint", "device")
-SHIPPED_CHECKPOINT = ("models", "synthetic_student_pvd.pt")
 #: Distributions whose Fast DDS 2 reads FASTRTPS_DEFAULT_PROFILES_FILE (FASTDDS_... from Kilted on).
 FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
 
 
-def _params_file_sets(context, name: str) -> bool:
-    """Whether the params file gives parameter ``name`` (to any node)."""
-    import yaml
-
-    with open(context.perform_substitution(LaunchConfiguration("params_file"))) as stream:
-        data = yaml.safe_load(stream) or {}
-    return any(isinstance(node, dict) and name in (node.get("ros__parameters") or {}) for node in data.values())
-
-
-def _given_overrides(context, share) -> dict:
+def _given_overrides(context) -> dict:
     """Node parameters from the launch arguments given (non-empty); the params file keeps the rest.
 
-    Without ``checkpoint:=`` and without a checkpoint in the params file, the shipped model runs.
+    Without ``checkpoint:=`` and without a checkpoint in the params file, the node runs the shipped
+    default model (it finds it under this package's share/ folder: pvd_core.shipped_models).
     """
     given = context.launch_configurations
-    overrides = {name: given[name] for name in OVERRIDABLE if given.get(name, "")}
-    if "checkpoint" not in overrides and not _params_file_sets(context, "checkpoint"):
-        overrides["checkpoint"] = context.perform_substitution(PathJoinSubstitution([share, *SHIPPED_CHECKPOINT]))
-    return overrides
+    return {name: given[name] for name in OVERRIDABLE if given.get(name, "")}
 
 
 def _rviz2_missing() -> bool:
@@ -81,7 +69,7 @@ def _start(context, share, use_sim_time):
         emulate_tty=True,
         parameters=[
             LaunchConfiguration("params_file"),
-            {**_given_overrides(context, share), "use_sim_time": use_sim_time},
+            {**_given_overrides(context), "use_sim_time": use_sim_time},
         ],
         remappings=[
             ("~/input/points", LaunchConfiguration("input_topic")),
@@ -114,7 +102,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "checkpoint", default_value="",
             description="Student checkpoint (.pt); empty (default) = the params file's, else the shipped "
-                        "models/synthetic_student_pvd.pt (it knows synthetic streets only)"),
+                        "models/semantickitti_student_pvd.pt (HDL-64 street scenes; non-commercial terms)"),
         DeclareLaunchArgument(
             "device", default_value="",
             description="auto | cpu | cuda | cuda:N; empty (default) = the params file's device "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Union
 
 from pvd_core.errors import MissingFileError
 
@@ -47,3 +47,16 @@ def model_card(meta: Mapping[str, Any]) -> str:
     if meta.get("miou_note"):
         text += f"; {meta['miou_note']}"
     return text + (f"; licence: {licence}" if licence else "; no data licence recorded")
+
+
+def announce_model(checkpoint: Optional[Union[str, Path]], prog: str) -> Path:
+    """``checkpoint``, or the shipped default when None; prints what it is and its terms to stderr.
+
+    Commands call this before they load a model, so that a user always sees which weights run and
+    under which licence (SemanticKITTI-trained weights are non-commercial).
+    """
+    from pvd_core.checkpoint import load_checkpoint
+
+    path = Path(checkpoint) if checkpoint is not None else shipped_model()
+    print(f"{prog}: model {path}: {model_card(load_checkpoint(path).meta)}", file=sys.stderr)
+    return path

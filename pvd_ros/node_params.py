@@ -42,12 +42,6 @@ class ParameterError(PvdError, ValueError):
     """A node parameter has an invalid value; the message names it."""
 
 
-def _checkpoint_given(value: str) -> None:
-    if not value:
-        raise ValueError("is empty: give the path of a .pt checkpoint "
-                         "(launch argument checkpoint:=..., or -p checkpoint:=...)")
-
-
 @dataclass(frozen=True)
 class ParamSpec:
     """One node parameter: the single place its name, type, default, meaning and valid values live.
@@ -133,8 +127,10 @@ class ParamSpec:
 
 #: Every node parameter, in declaration and params-file order.
 PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("checkpoint", "", "Path of the student checkpoint (.pt) to run; required.",
-              check=_checkpoint_given, check_text="a path, not empty", in_params_file=False),
+    ParamSpec("checkpoint", "", "Path of the student checkpoint (.pt) to run; empty = the shipped default "
+              "models/semantickitti_student_pvd.pt (real HDL-64 street scenes; non-commercial terms, "
+              "printed at start).",
+              in_params_file=False),
     ParamSpec("device", "auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N (GPU number N). "
               "A GPU that PyTorch cannot see stops the node at start-up.",
               check=check_device, check_text=DEVICE_SYNTAX),

@@ -67,6 +67,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Bool, Float64
 from visualization_msgs.msg import MarkerArray
 
+from pvd_core.shipped_models import model_card
 from pvd_core.errors import PvdError
 from pvd_core.memory import retain_freed_memory
 from pvd_core.point_rule import PointRule
@@ -235,9 +236,10 @@ class SegmentNode(Node):
         self._ready = True
         self._ready_pub.publish(Bool(data=True))
         self.get_logger().info(
-            f"segment_node ready: {self.params.checkpoint} on {self.segmenter.device} "
+            f"segment_node ready: {self.segmenter.meta.get('checkpoint')} on {self.segmenter.device} "
             f"({self.torch_threads} CPU threads), "
-            f"{self.label_map.num_classes} classes; {self._sub.topic_name} -> {self._cloud_pub.topic_name}")
+            f"{self.label_map.num_classes} classes; {self._sub.topic_name} -> {self._cloud_pub.topic_name}; "
+            f"model {model_card(self.segmenter.meta)}")
 
     def _warn_unknown_parameters(self) -> None:
         """A typo in the params file would otherwise be ignored silently (rclpy only applies declared names).
@@ -250,7 +252,12 @@ class SegmentNode(Node):
             self.get_logger().warning(f"ignoring unknown parameter(s) {unknown}; known: {sorted(self._parameters)}")
 
     def _load_segmenter(self, params: NodeParams) -> Any:
-        path = Path(params.checkpoint).expanduser()
+        from pvd_core.shipped_models import shipped_model
+
+        try:
+            path = Path(params.checkpoint).expanduser() if params.checkpoint else shipped_model()
+        except FileNotFoundError as exc:
+            raise NodeStartupError(f"segment_node: parameter 'checkpoint' is empty and {exc}") from exc
         if not path.is_file():
             raise NodeStartupError(f"segment_node: parameter 'checkpoint': no such file {str(path)!r}")
         from pvd_core.device import resolve_device  # torch is imported here, after the cheap checks

@@ -92,14 +92,14 @@ def test_launch_file_runs_the_node_with_params_file_overrides_and_remappings(tre
 
 
 def _run_given_overrides(tree: ast.Module, configurations: dict, params_file: Path) -> dict:
-    """Run the launch file's own _given_overrides / _params_file_sets on launch-like inputs.
+    """Run the launch file's own _given_overrides on launch-like inputs.
 
     `launch` is not importable here, so LaunchConfiguration and PathJoinSubstitution get
     stand-ins that resolve the way launch resolves them (a configuration's value, a joined path).
     """
-    functions = [_function(tree, "_params_file_sets"), _function(tree, "_given_overrides")]
+    functions = [_function(tree, "_given_overrides")]
     constants = [n for n in tree.body if isinstance(n, ast.Assign)
-                 and {t.id for t in n.targets} & {"OVERRIDABLE", "SHIPPED_CHECKPOINT"}]
+                 and {t.id for t in n.targets} & {"OVERRIDABLE"}]
     module = ast.Module(body=[*constants, *functions], type_ignores=[])
     namespace = {"LaunchConfiguration": lambda name: ("config", name),
                  "PathJoinSubstitution": lambda parts: ("join", tuple(parts))}
@@ -112,7 +112,7 @@ def _run_given_overrides(tree: ast.Module, configurations: dict, params_file: Pa
             kind, value = sub
             return self.launch_configurations[value] if kind == "config" else "/".join(value)
 
-    return namespace["_given_overrides"](Context(), "SHARE")
+    return namespace["_given_overrides"](Context())
 
 
 def test_launch_arguments_override_the_params_file_only_when_given(tree, tmp_path):
@@ -123,9 +123,9 @@ def test_launch_arguments_override_the_params_file_only_when_given(tree, tmp_pat
     user_params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"device": "cpu", "checkpoint": "/r/s.pt"}}}))
     assert _run_given_overrides(tree, {"device": "", "checkpoint": ""}, user_params) == {}
     assert _run_given_overrides(tree, {"device": "cuda", "checkpoint": ""}, user_params) == {"device": "cuda"}
-    # segment.yaml has no checkpoint: the shipped model, unless checkpoint:= is given.
-    assert _run_given_overrides(tree, {"device": "", "checkpoint": ""}, PARAMS_FILE) == {
-        "checkpoint": "SHARE/models/synthetic_student_pvd.pt"}
+    # segment.yaml has no checkpoint: nothing is passed and the node runs the shipped default model
+    # (test_segment_node checks that), unless checkpoint:= is given.
+    assert _run_given_overrides(tree, {"device": "", "checkpoint": ""}, PARAMS_FILE) == {}
     assert _run_given_overrides(tree, {"device": "", "checkpoint": "/x.pt"}, PARAMS_FILE) == {"checkpoint": "/x.pt"}
 
 

@@ -71,7 +71,7 @@ def test_descriptors_carry_description_type_range_and_constraints():
 
 
 @pytest.mark.parametrize("name, value", [
-    ("checkpoint", ""),
+    ("checkpoint", 7),
     ("device", "gpu"),
     ("device", "cuda:x"),
     ("device", "cuda:"),

@@ -12,7 +12,8 @@ from pvd_ros.commands import write_json_report
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bag", required=True, type=Path,
                         help="rosbag2 folder (any name, also drive.bag), one .mcap/.db3 file, or a ROS 1 .bag file")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="model checkpoint (.pt)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="model checkpoint (.pt); default: the shipped models/semantickitti_student_pvd.pt")
     parser.add_argument("--topic", default="/points", help="PointCloud2 topic (default /points)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--plot-dir", type=Path, default=None,
@@ -24,10 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pvd_core.shipped_models import announce_model
     from pvd_ros.bag_eval import evaluate_bag, print_report
 
     plot_dir = args.plot_dir or (args.json.parent if args.json is not None else Path("."))
-    report = evaluate_bag(args.bag, args.checkpoint, topic=args.topic, device=args.device, plot_dir=plot_dir,
+    checkpoint = announce_model(args.checkpoint, "pvd_bag eval")
+    report = evaluate_bag(args.bag, checkpoint, topic=args.topic, device=args.device, plot_dir=plot_dir,
                           bev_frame=args.bev_frame, max_frames=args.max_frames)
     print_report(report)
     write_json_report(report, args.json, args.argv)

@@ -14,7 +14,8 @@ from pvd_ros.commands import write_json_report
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bag", required=True, type=Path,
                         help="rosbag2 folder (any name, also drive.bag), one .mcap/.db3 file, or a ROS 1 .bag file")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint the node runs (.pt)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="checkpoint the node runs (.pt); default: the shipped models/semantickitti_student_pvd.pt")
     parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0 = bag timing)")
     parser.add_argument("--topic", default="/points", help="PointCloud2 topic of the bag (default /points)")
     parser.add_argument("--record", type=Path, default=None, help="record the node's labelled clouds to this new bag")
@@ -51,10 +52,12 @@ def parse_params(items: Sequence[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pvd_core.shipped_models import announce_model
     from pvd_ros.bag_replay import print_report, replay_bag
 
     node_params = parse_params(args.param)
-    report = replay_bag(args.bag, args.checkpoint, rate=args.rate, topic=args.topic, record=args.record,
+    checkpoint = announce_model(args.checkpoint, "pvd_bag replay")
+    report = replay_bag(args.bag, checkpoint, rate=args.rate, topic=args.topic, record=args.record,
                         record_storage=args.record_storage, node=args.node, device=args.device,
                         domain_id=args.domain_id, params_file=args.params_file, node_params=node_params,
                         drain_timeout_s=args.drain_timeout, startup_timeout_s=args.startup_timeout,
