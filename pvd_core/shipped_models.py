@@ -46,7 +46,11 @@ def model_card(meta: Mapping[str, Any]) -> str:
     text = f"trained on {data}"
     if meta.get("miou_note"):
         text += f"; {meta['miou_note']}"
-    return text + (f"; licence: {licence}" if licence else "; no data licence recorded")
+    if licence:
+        return f"{text}; licence: {licence}"
+    if "licence" in meta:  # exported with --licence none: data without terms of its own
+        return f"{text}; no data licence attached"
+    return f"{text}; no data licence recorded"
 
 
 def announce_model(checkpoint: Optional[Union[str, Path]], prog: str) -> Path:
