@@ -54,13 +54,14 @@ def model_card(meta: Mapping[str, Any]) -> str:
 
 
 def announce_model(checkpoint: Optional[Union[str, Path]], prog: str) -> Path:
-    """``checkpoint``, or the shipped default when None; prints what it is and its terms to stderr.
+    """``checkpoint``, or the shipped default when None; prints what it is and its terms.
 
     Commands call this before they load a model, so that a user always sees which weights run and
-    under which licence (SemanticKITTI-trained weights are non-commercial).
+    under which licence (SemanticKITTI-trained weights are non-commercial). On stdout: stderr carries
+    only errors, one line each.
     """
     from pvd_core.checkpoint import load_checkpoint
 
     path = Path(checkpoint) if checkpoint is not None else shipped_model()
-    print(f"{prog}: model {path}: {model_card(load_checkpoint(path).meta)}", file=sys.stderr)
+    print(f"{prog}: model {path}: {model_card(load_checkpoint(path).meta)}", flush=True)
     return path
