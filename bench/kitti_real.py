@@ -122,8 +122,9 @@ def meta_of(path: Path) -> dict[str, Any]:
     return {k: meta.get(k) for k in ("trained_with", "step", "wall_s", "licence") if k in meta}
 
 
-def pair_summary(pairs: list[dict[str, Any]]) -> dict[str, Any]:
-    t = paired_t([p["baseline"] for p in pairs], [p["pvd"] for p in pairs])
+def pair_summary(pairs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
+    """Paired-t summary of ``b - a`` over the pairs (same seed = same init, data order, augmentation)."""
+    t = paired_t([p[a] for p in pairs], [p[b] for p in pairs])
     return {"pairs": t.n, "gain_mean": t.mean, "gain_sd": t.stdev, "gain_ci95": list(t.ci95), "p_value": t.p_value}
 
 
@@ -148,8 +149,19 @@ def markdown(result: dict[str, Any]) -> str:
                   "| seed | baseline | PVD | gain |", "|---|---|---|---|"]
         lines += [f"| {p['seed']} | {p['baseline']:.2f} | {p['pvd']:.2f} | {p['pvd'] - p['baseline']:+.2f} |"
                   for p in result["pvd_pairs"]]
-        lines += ["", f"Mean gain {s['gain_mean']:+.2f} mIoU, paired-t 95 % CI [{s['gain_ci95'][0]:+.2f}, "
-                      f"{s['gain_ci95'][1]:+.2f}], p = {s['p_value']:.3f} over {s['pairs']} pairs."]
+        if s["pairs"] > 1:
+            lines += ["", f"Mean gain {s['gain_mean']:+.2f} mIoU, paired-t 95 % CI [{s['gain_ci95'][0]:+.2f}, "
+                          f"{s['gain_ci95'][1]:+.2f}], p = {s['p_value']:.3f} over {s['pairs']} pairs."]
+    if result["pretrain_pairs"]:
+        s = result["pretrain_summary"]
+        lines += ["", "Synthetic pre-training (same student and seed, from scratch vs fine-tuned from "
+                      "`config/kitti_cpu_synthetic_pretrain.yaml`):", "",
+                  "| seed | scratch | pre-trained | gain |", "|---|---|---|---|"]
+        lines += [f"| {p['seed']} | {p['scratch']:.2f} | {p['pretrained']:.2f} | "
+                  f"{p['pretrained'] - p['scratch']:+.2f} |" for p in result["pretrain_pairs"]]
+        if s["pairs"] > 1:
+            lines += ["", f"Mean gain {s['gain_mean']:+.2f} mIoU, paired-t 95 % CI [{s['gain_ci95'][0]:+.2f}, "
+                          f"{s['gain_ci95'][1]:+.2f}], p = {s['p_value']:.3f} over {s['pairs']} pairs."]
     lines += ["", "Command:", "", "    " + result["command"], ""]
     return "\n".join(lines)
 
@@ -159,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, required=True, help="SemanticKITTI root holding sequence 08")
     parser.add_argument("--model", type=named_path, action="append", default=[], metavar="NAME=CKPT")
     parser.add_argument("--pair", type=pair_arg, action="append", default=[], metavar="SEED=BASE.pt,PVD.pt")
+    parser.add_argument("--pretrain-pair", type=pair_arg, action="append", default=[],
+                        metavar="SEED=SCRATCH.pt,PRETRAINED.pt",
+                        help="the same student from scratch and fine-tuned from synthetic pre-training")
     parser.add_argument("--default", required=True, help="the NAME of the shipped default model")
     parser.add_argument("--repeat", type=int, default=7, help="latency runs per model (median; >= 5)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the CPU has 2 cores)")
@@ -186,10 +201,19 @@ def main(argv: list[str] | None = None) -> int:
         pairs.append({"seed": seed, "baseline": b["miou"], "pvd": p["miou"],
                       "baseline_checkpoint": str(base), "pvd_checkpoint": str(pvd)})
         print(f"pair {seed}: baseline {b['miou']:.2f}, PVD {p['miou']:.2f}", flush=True)
+    pretrain = []
+    for seed, scratch, pre in args.pretrain_pair:
+        a = cached(cache, f"pretrain{seed}_scratch_score", scratch, lambda: score(scratch, args.data_root))
+        b = cached(cache, f"pretrain{seed}_pretrained_score", pre, lambda: score(pre, args.data_root))
+        pretrain.append({"seed": seed, "scratch": a["miou"], "pretrained": b["miou"],
+                         "scratch_checkpoint": str(scratch), "pretrained_checkpoint": str(pre)})
+        print(f"pre-training pair {seed}: scratch {a['miou']:.2f}, pre-trained {b['miou']:.2f}", flush=True)
     classes = next(iter(models.values()))["classes"]
     result = {
         "models": models, "pvd_pairs": pairs,
-        "pvd_summary": pair_summary(pairs) if pairs else None,
+        "pvd_summary": pair_summary(pairs, "baseline", "pvd") if pairs else None,
+        "pretrain_pairs": pretrain,
+        "pretrain_summary": pair_summary(pretrain, "scratch", "pretrained") if pretrain else None,
         "default_model": args.default, "classes": classes, "repeat": args.repeat, "threads": args.threads,
         "data": "SemanticKITTI sequence 08 frames 000000-000009 (the sample of docs/data.md; CC BY-NC-SA)",
         "command": "python bench/kitti_real.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -18,7 +18,9 @@ the config schema, whose ``--help`` and validation must stay instant.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import sys
 from typing import TYPE_CHECKING, Optional
 
 from pvd_core.errors import UsageError
@@ -92,3 +94,17 @@ def set_torch_threads(threads: Optional[int], where: str = "--threads") -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def prefer_passive_openmp_wait() -> str:
+    """Make OpenMP threads sleep, not spin, while they wait for work, unless the user chose a policy.
+
+    Why: a robot's CPU is never idle. With libgomp's default (spinning) wait policy, a 2-thread
+    forward on a 2-core machine took 3.4x as long when another process kept one core busy; with
+    OMP_WAIT_POLICY=PASSIVE it took 1.2x as long, for about 20 % more latency on an idle machine
+    (bench/results/loaded_cpu.json). libgomp reads the variable when torch loads it, so this only
+    takes effect before the first ``import torch`` of the process. Returns the policy in force.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return os.environ.get("OMP_WAIT_POLICY", "default (spin)")

@@ -137,7 +137,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("fp16", False, "Half-precision inference; needs a CUDA device: with true the node refuses to "
               "start on the CPU (device cpu, or auto without CUDA)."),
     ParamSpec("num_threads", 0, "CPU threads for inference (torch intra-op); 0 = torch's default, one per core. "
-              "Lower it to leave cores to other nodes on the robot.", minimum=0),
+              "Lower it to leave cores to other nodes on the robot; the console script also makes OpenMP "
+              "threads sleep while waiting (OMP_WAIT_POLICY=PASSIVE unless set), so a busy core slows "
+              "a scan by about 1.2x instead of 3.4x (bench/loaded_cpu.py).", minimum=0),
     ParamSpec("max_points", 0, "Most points sent to the network per cloud (0 = all); the rest, chosen by a "
               "uniform stride, get label 0 and confidence 0.", minimum=0),
     ParamSpec("min_range", DEFAULT_MIN_RANGE, "Points closer than this (metres, 3D distance to the sensor origin) "

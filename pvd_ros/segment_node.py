@@ -237,7 +237,8 @@ class SegmentNode(Node):
         self._ready_pub.publish(Bool(data=True))
         self.get_logger().info(
             f"segment_node ready: {self.segmenter.meta.get('checkpoint')} on {self.segmenter.device} "
-            f"({self.torch_threads} CPU threads), "
+            f"({self.torch_threads} CPU threads, OpenMP wait policy "
+            f"{os.environ.get('OMP_WAIT_POLICY', 'default (spin)')}), "
             f"{self.label_map.num_classes} classes; {self._sub.topic_name} -> {self._cloud_pub.topic_name}; "
             f"model {model_card(self.segmenter.meta)}")
 
@@ -602,6 +603,9 @@ def _exit_without_native_teardown(code: int) -> None:
 
 def console_main() -> None:
     """Entry point of the ``segment_node`` console script."""
+    from pvd_core.device import prefer_passive_openmp_wait
+
+    prefer_passive_openmp_wait()  # before torch loads: degrade gracefully when other processes load the CPU
     try:
         code = main()
     except BaseException:  # a bug: say where, then leave the same way (never through interpreter teardown)

@@ -659,3 +659,25 @@ def test_cuda_n_is_a_valid_device_parameter_but_an_absent_gpu_stops_the_node(ros
     message = str(info.value)
     assert "parameter 'device'" in message and "'cuda:1'" in message
     assert ("sees no CUDA GPU" if not torch.cuda.is_available() else "CUDA device(s) are visible") in message
+
+
+@pytest.mark.subprocess
+def test_console_script_makes_openmp_wait_passively_unless_the_user_chose(tmp_path) -> None:
+    """The policy must be in the environment before torch loads libgomp (bench/loaded_cpu.py)."""
+    import subprocess
+    import sys
+
+    code = ("import os; from pvd_core.device import prefer_passive_openmp_wait as p; "
+            "print(p()); import torch; print(p())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["PASSIVE", "PASSIVE"]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["ACTIVE", "ACTIVE"]
+    # Too late once torch is imported: nothing is changed then.
+    env.pop("OMP_WAIT_POLICY")
+    late = ("import torch, os; from pvd_core.device import prefer_passive_openmp_wait as p; "
+            "print(p()); print(os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["default", "(spin)", "None"]
