@@ -20,11 +20,19 @@ docs/data.md, or any SemanticKITTI root):
         --model teacher=runs/kitti_teacher/last.pt \
         --model student_baseline=runs/kitti_base_s0/last.pt \
         --model student_pvd=runs/kitti_pvd_s0/last.pt \
+        --model student_pretrained=runs/kitti_ft_s0/last.pt \
+        --model student_pretrained_500=runs/kitti_base_ft_long/last.pt \
+        --model student_pretrained_pvd_500=models/semantickitti_student_pvd.pt \
         --model student_small=runs/kitti_small_s0/last.pt \
         --pair 0=runs/kitti_base_s0/last.pt,runs/kitti_pvd_s0/last.pt \
         --pair 1=runs/kitti_base_s1/last.pt,runs/kitti_pvd_s1/last.pt \
         --pair 2=runs/kitti_base_s2/last.pt,runs/kitti_pvd_s2/last.pt \
-        --default student_pvd --out bench/results/kitti_real
+        --pretrain-pair 0=runs/kitti_base_s0/last.pt,runs/kitti_ft_s0/last.pt \
+        --pretrain-pair 1=runs/kitti_base_s1/last.pt,runs/kitti_ft_s1/last.pt \
+        --pretrain-pair 2=runs/kitti_base_s2/last.pt,runs/kitti_ft_s2/last.pt \
+        --default student_pretrained_pvd_500 --out bench/results/kitti_real
+
+(how each run directory was made: models/README.md)
 """
 from __future__ import annotations
 
