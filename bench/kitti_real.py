@@ -130,6 +130,20 @@ def meta_of(path: Path) -> dict[str, Any]:
     return {k: meta.get(k) for k in ("trained_with", "step", "wall_s", "licence") if k in meta}
 
 
+def score_pairs(cache: Path, prefix: str, pairs: list[tuple[int, Path, Path]], arms: tuple[str, str],
+                data_root: Path) -> list[dict[str, Any]]:
+    """Sequence-08 mIoU of both arms of each (seed, first, second) pair, as {seed, arm0, arm1, ...}."""
+    rows = []
+    for seed, *paths in pairs:
+        row: dict[str, Any] = {"seed": seed}
+        for arm, path in zip(arms, paths):
+            row[arm] = cached(cache, f"{prefix}{seed}_{arm}_score", path, lambda: score(path, data_root))["miou"]
+            row[f"{arm}_checkpoint"] = str(path)
+        print(f"{prefix} {seed}: " + ", ".join(f"{arm} {row[arm]:.2f}" for arm in arms), flush=True)
+        rows.append(row)
+    return rows
+
+
 def pair_summary(pairs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
     """Paired-t summary of ``b - a`` over the pairs (same seed = same init, data order, augmentation)."""
     t = paired_t([p[a] for p in pairs], [p[b] for p in pairs])
@@ -202,20 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         models[name] = {**acc, **speed, "checkpoint": str(path), "meta": meta_of(path)}
         print(f"{name}: mIoU {acc['miou']:.2f}, {speed['macs'] / 1e9:.2f} GMACs, {speed['latency_ms']:.0f} ms",
               flush=True)
-    pairs = []
-    for seed, base, pvd in args.pair:
-        b = cached(cache, f"pair{seed}_baseline_score", base, lambda: score(base, args.data_root))
-        p = cached(cache, f"pair{seed}_pvd_score", pvd, lambda: score(pvd, args.data_root))
-        pairs.append({"seed": seed, "baseline": b["miou"], "pvd": p["miou"],
-                      "baseline_checkpoint": str(base), "pvd_checkpoint": str(pvd)})
-        print(f"pair {seed}: baseline {b['miou']:.2f}, PVD {p['miou']:.2f}", flush=True)
-    pretrain = []
-    for seed, scratch, pre in args.pretrain_pair:
-        a = cached(cache, f"pretrain{seed}_scratch_score", scratch, lambda: score(scratch, args.data_root))
-        b = cached(cache, f"pretrain{seed}_pretrained_score", pre, lambda: score(pre, args.data_root))
-        pretrain.append({"seed": seed, "scratch": a["miou"], "pretrained": b["miou"],
-                         "scratch_checkpoint": str(scratch), "pretrained_checkpoint": str(pre)})
-        print(f"pre-training pair {seed}: scratch {a['miou']:.2f}, pre-trained {b['miou']:.2f}", flush=True)
+    pairs = score_pairs(cache, "pair", args.pair, ("baseline", "pvd"), args.data_root)
+    pretrain = score_pairs(cache, "pretrain", args.pretrain_pair, ("scratch", "pretrained"), args.data_root)
     classes = next(iter(models.values()))["classes"]
     result = {
         "models": models, "pvd_pairs": pairs,
