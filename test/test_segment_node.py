@@ -681,3 +681,15 @@ def test_console_script_makes_openmp_wait_passively_unless_the_user_chose(tmp_pa
             "print(p()); print(os.environ.get('OMP_WAIT_POLICY'))")
     out = subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["default", "(spin)", "None"]
+
+
+@pytest.mark.dds
+def test_empty_checkpoint_runs_the_shipped_default_and_says_its_terms(make_harness) -> None:
+    from pvd_core.checkpoint import load_checkpoint
+    from pvd_core.shipped_models import DEFAULT_MODEL, model_card, shipped_model
+
+    harness = make_harness(checkpoint="")
+    assert Path(harness.node.segmenter.meta["checkpoint"]) == shipped_model() and shipped_model().name == DEFAULT_MODEL
+    meta = load_checkpoint(shipped_model()).meta
+    assert "non-commercial" in model_card(meta) and "SemanticKITTI" in meta["trained_on"]
+    assert harness.node.segmenter.config.model.init_size == load_checkpoint(shipped_model()).config.model.init_size
