@@ -496,7 +496,7 @@ def test_num_threads_parameter_sets_torch_threads(make_harness):
 
 @pytest.mark.parametrize("overrides, names", [
     ({"checkpoint": "/nonexistent/student.pt"}, "checkpoint"),
-    ({"checkpoint": ""}, "checkpoint"),
+    ({"checkpoint": "/nonexistent/"}, "checkpoint"),  # (an empty checkpoint is valid: the shipped default)
     ({"device": "gpu"}, "device"),
     ({"fp16": True, "device": "cpu"}, "fp16"),
     ({"confidence_threshold": 1.5}, "confidence_threshold"),
