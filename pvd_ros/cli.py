@@ -4,7 +4,9 @@
   ground truth (``label`` field, raw ids); ``eval`` and ``replay`` also read ROS 1 bags;
 - ``eval``: offline per-class IoU / mIoU and per-frame latency of a checkpoint on a bag;
 - ``replay``: live replay into the segment node over real rclpy: answered and dropped
-  frames, latency percentiles, mIoU over answered frames, optional recording.
+  frames, latency percentiles, mIoU over answered frames, optional recording;
+- ``export``: a bag's PointCloud2 topic -> a SemanticKITTI-layout sequence (velodyne/*.bin,
+  times.txt, export.json, optional labels/*.label), e.g. for ``pvd distill --unlabelled``.
 
 Also the `pvd_demo` command (pvd_ros.commands.demo). Each subcommand is a module of
 pvd_ros.commands; heavy imports (torch, rclpy) happen inside each, so ``--help`` is instant.
@@ -30,6 +32,11 @@ BAG_COMMANDS: dict[str, Command] = {
         "Publish the bag's clouds through rclpy at the bag's timing x rate with sensor-data QoS into "
         "segment_node, match answers by stamp, and report answered / dropped frames, latency and mIoU over "
         "answered frames."),
+    "export": Command(
+        "pvd_ros.commands.export", "write a bag's PointCloud2 topic as a SemanticKITTI-layout sequence",
+        "Write each cloud of the topic (every Nth, at most --max-scans) as velodyne/NNNNNN.bin (float32 x, y, z, "
+        "intensity, the points the point rule keeps), with times.txt and export.json (provenance, skipped clouds) "
+        "and, with --with-labels, labels/NNNNNN.label (raw ids): unlabelled data for `pvd distill --unlabelled`."),
 }
 
 
