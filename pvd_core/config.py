@@ -35,10 +35,17 @@ class DatasetConfig:
     train_sequences: list[str] = field(
         default_factory=lambda: ["00", "01", "02", "03", "04", "05", "06", "07", "09", "10"])
     val_sequences: list[str] = field(default_factory=lambda: ["08"])
+    # Scans without labels for `pvd distill` (``--unlabelled``): dataset roots holding
+    # sequences/*/velodyne, sequence folders holding velodyne/, folders of scans or single scan
+    # files, read with the dataset kind's point reader; any labels next to them are ignored.
+    # They contribute the PVD terms only (pvd_core/data/unlabelled.py).
+    unlabelled: list[str] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         if self.kind not in ("semantickitti", "nuscenes"):
             raise ConfigError(f"{where}.kind must be 'semantickitti' or 'nuscenes', got {self.kind!r}")
+        if any(not str(s).strip() for s in self.unlabelled):
+            raise ConfigError(f"{where}.unlabelled holds an empty path: {self.unlabelled}")
 
 
 @dataclass
@@ -185,8 +192,15 @@ class DistillConfig:
     sampler: str = "difficulty"  # difficulty | random | class | distance
     gamma: float = 1.0
     min_points: int = 5
+    # With dataset.unlabelled: unlabelled scans per labelled scan in every batch. A batch holds
+    # train.batch_size labelled scans plus round(batch_size * ratio) (at least 1) unlabelled ones,
+    # so the labelled signal per step is the same as without unlabelled data.
+    unlabelled_ratio: float = 1.0
 
     def validate(self, where: str) -> None:
+        if not 0 < self.unlabelled_ratio <= 16:
+            raise ConfigError(f"{where}.unlabelled_ratio must lie in (0, 16] (unlabelled scans per labelled scan "
+                              f"in a batch), got {self.unlabelled_ratio}")
         if self.temperature <= 0:
             raise ConfigError(f"{where}.temperature must be > 0, got {self.temperature}")
         for name in ("alpha_p", "alpha_v", "beta_p", "beta_v", "gamma"):

@@ -1,7 +1,8 @@
 """`pvd train` (and, through pvd_core.commands.distill, `pvd distill`): one loop (pvd_core.training.trainer).
 
     pvd train   --config CFG [--data-root DIR] [--out RUN_DIR] [--max-steps N] [--resume] [--init-from CKPT]
-    pvd distill --config CFG --teacher CKPT [--data-root DIR] [--out RUN_DIR] [--max-steps N] [--resume]
+    pvd distill --config CFG --teacher CKPT [--unlabelled SOURCE ...] [--data-root DIR] [--out RUN_DIR]
+                [--max-steps N] [--resume]
 
 Multi-process: ``torchrun --standalone --nproc_per_node N -m pvd_core.cli train ...``
 (gloo on CPU, nccl on GPU); only rank 0 writes the run directory.
@@ -28,6 +29,14 @@ def add_training_arguments(parser: argparse.ArgumentParser, distill: bool) -> No
     if distill:
         parser.add_argument("--teacher", required=True, metavar="CKPT",
                             help="teacher checkpoint (its config must share the student's grid and dataset kind)")
+        parser.add_argument("--unlabelled", action="append", metavar="SOURCE",
+                            help="scans without labels that contribute the PVD terms only (repeatable; replaces "
+                                 "dataset.unlabelled): a dataset root with sequences/*/velodyne, a sequence folder "
+                                 "with velodyne/, a folder of .bin scans or one scan; `pvd_bag export` writes this "
+                                 "layout from a rosbag2 or ROS 1 bag. Labels next to them are ignored")
+        parser.add_argument("--unlabelled-ratio", type=float, metavar="R",
+                            help="override distill.unlabelled_ratio: unlabelled scans per labelled scan in each "
+                                 "batch (default 1: batch_size labelled plus as many unlabelled)")
     parser.add_argument("--data-root", metavar="DIR", help="dataset location (overrides dataset.data_root)")
     parser.add_argument("--out", metavar="RUN_DIR",
                         help="run directory (default runs/<config name>); holds config.yaml, metrics.jsonl, "
@@ -73,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
         cfg.train = dataclasses.replace(cfg.train, seed=args.seed)
     if args.device is not None:
         cfg.train = dataclasses.replace(cfg.train, device=args.device)
+    if getattr(args, "unlabelled", None):
+        cfg.dataset = dataclasses.replace(cfg.dataset, unlabelled=[str(s) for s in args.unlabelled])
+    if getattr(args, "unlabelled_ratio", None) is not None:
+        cfg.distill = dataclasses.replace(cfg.distill, unlabelled_ratio=args.unlabelled_ratio)
+        cfg.validate(f"{args.config} with --unlabelled-ratio")
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     teacher = Path(args.teacher) if args.command == "distill" else None
     init_from = Path(args.init_from) if args.init_from else None

@@ -6,6 +6,7 @@ voxel rows, so a point's voxel is ``voxel_coords[point_to_voxel[i]]`` whatever i
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 from typing import Optional, Sequence
 
@@ -25,6 +26,10 @@ class Batch:
     spatial_shape: list[int]  # grid size (rho, phi, z)
     point_labels: Optional[torch.Tensor] = None  # (P,) int64
     voxel_labels: Optional[torch.Tensor] = None  # (V,) int64
+    # (P,) bool, only in a batch mixing labelled and unlabelled scans (`pvd distill --unlabelled`):
+    # True where the point's scan has labels. Points of unlabelled scans carry label 0, which
+    # every supervised loss ignores; PVD's sampler uses the teacher's prediction there.
+    point_labelled: Optional[torch.Tensor] = None
 
     def to(self, device: torch.device | str) -> "Batch":
         moved = {}
@@ -43,7 +48,11 @@ class Batch:
 
 
 def collate_scans(scans: Sequence[VoxelizedScan], spatial_shape: Sequence[int]) -> Batch:
-    """Concatenate voxelized scans into one Batch (labels kept only if every scan has them)."""
+    """Concatenate voxelized scans into one Batch.
+
+    When only some scans have labels, the others get label 0 (ignored by the supervised loss)
+    and ``point_labelled`` marks which points' labels are real.
+    """
     if not scans:
         raise ValueError("collate_scans needs at least one scan")
     if len(scans) == 1:
@@ -55,7 +64,11 @@ def collate_scans(scans: Sequence[VoxelizedScan], spatial_shape: Sequence[int]) 
     ])
     point_to_voxel = np.concatenate([s.point_to_voxel + off for s, off in zip(scans, voxel_offsets)])
     point_batch = np.concatenate([np.full(s.num_points, b, np.int64) for b, s in enumerate(scans)])
-    labelled = all(s.point_labels is not None for s in scans)
+    flags = [s.point_labels is not None for s in scans]
+    labelled = any(flags)
+    mixed = labelled and not all(flags)
+    if mixed:
+        scans = [s if s.point_labels is not None else _with_ignored_labels(s) for s in scans]
     return Batch(
         point_features=torch.from_numpy(np.concatenate([s.point_features for s in scans])),
         point_batch=torch.from_numpy(point_batch),
@@ -65,7 +78,15 @@ def collate_scans(scans: Sequence[VoxelizedScan], spatial_shape: Sequence[int]) 
         spatial_shape=[int(s) for s in spatial_shape],
         point_labels=torch.from_numpy(np.concatenate([s.point_labels for s in scans])) if labelled else None,
         voxel_labels=torch.from_numpy(np.concatenate([s.voxel_labels for s in scans])) if labelled else None,
+        point_labelled=torch.from_numpy(np.concatenate([np.full(s.num_points, f, bool) for s, f in zip(scans, flags)]))
+        if mixed else None,
     )
+
+
+def _with_ignored_labels(scan: VoxelizedScan) -> VoxelizedScan:
+    """The scan with every point and voxel labelled 0 (unlabelled), for a mixed batch."""
+    return dataclasses.replace(scan, point_labels=np.zeros(scan.num_points, np.int64),
+                               voxel_labels=np.zeros(scan.num_voxels, np.int64))
 
 
 def _single_scan_batch(scan: VoxelizedScan, spatial_shape: Sequence[int]) -> Batch:

@@ -172,9 +172,15 @@ class ScanSampler(Sampler[int]):
         return max(0, self.num_scans - self.start)
 
 
+def scan_list(scans: list[VoxelizedScan]) -> list[VoxelizedScan]:
+    """The identity collate: a batch as the list of its scans (picklable for loader workers)."""
+    return scans
+
+
 def make_loader(dataset: ScanDataset, cfg: Config, shuffle: bool,
-                sampler: Optional[Sampler] = None) -> DataLoader:
-    """Batches of ``cfg.train.batch_size`` scans as :class:`pvd_core.data.batch.Batch`.
+                sampler: Optional[Sampler] = None, collate: bool = True) -> DataLoader:
+    """Batches of ``cfg.train.batch_size`` scans as :class:`pvd_core.data.batch.Batch`
+    (``collate=False``: as lists of VoxelizedScan, for a caller that adds scans before collating).
 
     Without ``sampler`` a :class:`ScanSampler` seeded by ``cfg.train.seed`` orders the
     scans; pass a DistributedSampler for multi-GPU runs. Workers are not persistent, so
@@ -187,7 +193,7 @@ def make_loader(dataset: ScanDataset, cfg: Config, shuffle: bool,
         batch_size=cfg.train.batch_size,
         sampler=sampler,
         num_workers=cfg.train.num_workers,
-        collate_fn=functools.partial(collate_scans, spatial_shape=tuple(cfg.grid.size)),
+        collate_fn=functools.partial(collate_scans, spatial_shape=tuple(cfg.grid.size)) if collate else scan_list,
         persistent_workers=False,
         drop_last=False,
     )

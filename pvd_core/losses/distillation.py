@@ -137,10 +137,14 @@ class PVDLoss:
                 f"voxels but the Batch has {batch.num_points} / {batch.num_voxels}")
 
     def _labels_for_sampling(self, teacher: SegOutput, batch: Batch) -> torch.Tensor:
-        if batch.point_labels is not None:
+        """Ground truth where the scan has labels, else the teacher's prediction (never class 0)."""
+        if batch.point_labels is not None and batch.point_labelled is None:
             return batch.point_labels
-        # Unlabelled batch: the teacher's prediction (never class 0) stands in for the labels.
-        return teacher.point_logits.detach()[:, 1:].argmax(dim=1) + 1
+        predicted = teacher.point_logits.detach()[:, 1:].argmax(dim=1) + 1
+        if batch.point_labels is None:
+            return predicted
+        labelled = batch.point_labelled.to(predicted.device)
+        return torch.where(labelled, batch.point_labels.to(predicted.device), predicted)
 
     def __call__(self, student: SegOutput, teacher: SegOutput, batch: Batch,
                  generator: torch.Generator) -> dict[str, torch.Tensor]:

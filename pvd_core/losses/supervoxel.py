@@ -11,8 +11,8 @@ Decisions the paper leaves open, fixed here (also in docs/method.md section 4.4)
 
 - a_k (class difficulty) is computed from the *ground-truth* point labels of the
   batch during training, as the paper intends (rare classes are a property of the
-  labels). ``PVDLoss`` falls back to the teacher's predictions only for an unlabelled
-  batch. Label 0 never contributes (its class weight is 0).
+  labels). ``PVDLoss`` falls back to the teacher's predictions only for the points of
+  unlabelled scans (``pvd distill --unlabelled``). Label 0 never contributes (its class weight is 0).
 - A non-empty supervoxel in which no labelled class reaches ``min_points`` has
   a_k = 0, so the 'difficulty' and 'class' samplers never draw it (it holds too few
   labelled points to say anything about rare classes). If fewer than K supervoxels

@@ -47,7 +47,9 @@ from tqdm import tqdm
 from pvd_core.checkpoint import build_model_from_checkpoint, load_checkpoint, load_weights_into, save_checkpoint
 from pvd_core.config import Config, ConfigError
 from pvd_core.data import stats
+from pvd_core.data.batch import collate_scans
 from pvd_core.data.dataset import ScanDataset, make_loader, set_epoch, split_files
+from pvd_core.data.unlabelled import UnlabelledScans, unlabelled_batches, unlabelled_per_batch, unlabelled_scan_files
 from pvd_core.device import resolve_device
 from pvd_core.errors import PvdError
 from pvd_core.evaluation import EvalReport, evaluate_split
@@ -183,6 +185,9 @@ class Trainer:
         if not self.distill and self.cfg.distill.enabled:
             raise ConfigError(f"{where}: distill.enabled is true; train it with `pvd distill --teacher CKPT`, "
                               "or set distill.enabled: false for supervised training")
+        if not self.distill and self.cfg.dataset.unlabelled:
+            raise ConfigError(f"{where}: dataset.unlabelled {self.cfg.dataset.unlabelled} needs a teacher: "
+                              "unlabelled scans contribute only the PVD terms (use `pvd distill --teacher CKPT`)")
 
     def _check_run_dir(self):
         if self.opts.resume:
@@ -227,7 +232,16 @@ class Trainer:
             sampler = torch.utils.data.DistributedSampler(
                 self.train_set, num_replicas=self.env.world_size, rank=self.env.rank, shuffle=True,
                 seed=cfg.train.seed)
-        self.loader = make_loader(self.train_set, cfg, shuffle=True, sampler=sampler)
+        self.unlabelled_set: Optional[UnlabelledScans] = None
+        self.unlabelled_iter = None
+        if cfg.dataset.unlabelled:
+            self.unlabelled_set = UnlabelledScans(cfg, unlabelled_scan_files(cfg.dataset.unlabelled))
+            if self.is_main:
+                print(f"unlabelled: {len(self.unlabelled_set)} scans from {len(cfg.dataset.unlabelled)} source(s), "
+                      f"{unlabelled_per_batch(cfg)} per batch next to {cfg.train.batch_size} labelled (PVD terms only)")
+        # Mixed runs collate after the unlabelled scans are added (_epoch_batches).
+        self.loader = make_loader(self.train_set, cfg, shuffle=True, sampler=sampler,
+                                  collate=self.unlabelled_set is None)
         per_rank = len(sampler) if sampler is not None else len(self.train_set)
         self.batches_per_epoch = _batches_per_epoch(per_rank, cfg.train.batch_size)
         self.validate_enabled = bool(cfg.dataset.val_sequences)
@@ -298,6 +312,9 @@ class Trainer:
         if self.distill:
             meta["teacher"] = self.teacher_info
             meta["class_counts"] = [int(c) for c in self.class_counts]
+        if self.unlabelled_set is not None:
+            meta["unlabelled"] = {"sources": list(self.cfg.dataset.unlabelled), "scans": len(self.unlabelled_set),
+                                  "per_batch": unlabelled_per_batch(self.cfg)}
         return meta
 
     def _train_state(self) -> dict[str, Any]:
@@ -394,6 +411,8 @@ class Trainer:
             terms.update(pvd)
             loss = loss + pvd["pvd"]
         terms["loss"] = loss
+        if batch.point_labelled is not None:
+            terms["unlabelled_points"] = (~batch.point_labelled).sum().to(torch.float32)
         if not torch.isfinite(loss):
             values = {k: float(v.detach()) for k, v in terms.items()}
             raise TrainError(f"non-finite loss at step {self.step + 1} (epoch {self.epoch}): {values}")
@@ -406,7 +425,17 @@ class Trainer:
         return {k: float(v.detach()) for k, v in terms.items()}
 
     def _epoch_batches(self):
-        """Batches of the current epoch, minus those a resumed run already consumed."""
+        """Batches of the current epoch, minus those a resumed run already consumed; with
+        unlabelled scans, each labelled batch plus the unlabelled scans of its step."""
+        batches = self._labelled_batches()
+        if self.unlabelled_set is None:
+            return batches
+        if self.unlabelled_iter is None:  # draws are a function of the step: a resumed run continues them
+            self.unlabelled_iter = unlabelled_batches(self.unlabelled_set, self.cfg, self.step, self.env.rank,
+                                                      self.env.world_size)
+        return (collate_scans(list(scans) + next(self.unlabelled_iter), self.cfg.grid.size) for scans in batches)
+
+    def _labelled_batches(self):
         self.loader.generator = _loader_generator(self.cfg.train.seed, self.epoch)
         if isinstance(self.loader.sampler, torch.utils.data.DistributedSampler):
             set_epoch(self.loader, self.epoch)
