@@ -129,8 +129,9 @@ def write_config(out: Path, name: str, base: str, args: argparse.Namespace, seed
     return path
 
 
-def train(out: Path, data: Path, name: str, cfg: Path, steps: int, teacher: Optional[Path]) -> Path:
-    """Train (or resume, or reuse) one run; returns its EMA checkpoint."""
+def train(out: Path, data: Path, name: str, cfg: Path, steps: int, teacher: Optional[Path],
+          extra: tuple[str, ...] = ()) -> Path:
+    """Train (or resume, or reuse) one run; returns its EMA checkpoint. ``extra``: more CLI flags."""
     run_dir = out / "runs" / name
     if (run_dir / "ema.pt").is_file():
         from pvd_core.checkpoint import load_checkpoint
@@ -138,7 +139,7 @@ def train(out: Path, data: Path, name: str, cfg: Path, steps: int, teacher: Opti
         if int(load_checkpoint(run_dir / "ema.pt").meta.get("step", 0)) >= steps:
             return run_dir / "ema.pt"
     cmd = ["pvd", "distill" if teacher else "train", "--config", str(cfg), "--data-root", str(data),
-           "--out", str(run_dir), "--max-steps", str(steps), "--threads", "1", "--no-progress"]
+           "--out", str(run_dir), "--max-steps", str(steps), "--threads", "1", "--no-progress", *extra]
     if teacher:
         cmd[4:4] = ["--teacher", str(teacher)]
     if (run_dir / "last.pt").is_file():
