@@ -69,6 +69,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "sampler_random": {"sampler": "random"},
     "sampler_class": {"sampler": "class"},
     "sampler_distance": {"sampler": "distance"},
+    # Tuning (issue 11 item 4), paired against full PVD the same way: softer teacher distributions.
+    "temperature_4": {"temperature": 4.0},
 }
 
 
@@ -172,6 +174,7 @@ class Scorer:
         from pvd_core.metrics import gt_classes
 
         self.classes = gt_classes(self.teacher_matrices.sum(axis=0))  # ground truth only: same for every model
+        self.teacher_logits: dict = {}  # the teacher runs once per validation scan, whatever the students
 
     def matrices(self, segmenter) -> np.ndarray:
         from pvd_core.evaluation import evaluate_files
@@ -197,7 +200,7 @@ class Scorer:
 
         seg = Segmenter.from_checkpoint(ckpt, device="cpu")
         m = self.matrices(seg)
-        fid = fidelity_on_files(seg, self.teacher, self.files, "semantickitti")
+        fid = fidelity_on_files(seg, self.teacher, self.files, "semantickitti", teacher_cache=self.teacher_logits)
         return {"miou": self.miou(m), "iou": self.iou(m), "fidelity": fid.to_dict(),
                 "loss_curve_seg": loss_curve(ckpt.parent)}, m
 

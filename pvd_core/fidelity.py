@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -67,8 +67,12 @@ class FidelityMeter:
 
 
 def fidelity_on_files(student: "Segmenter", teacher: "Segmenter", files: ScanFiles, kind: str,
-                      progress: bool = False) -> Fidelity:
-    """Agreement and KL of ``student`` to ``teacher`` over the scans of ``files`` (labels unused)."""
+                      progress: bool = False, teacher_cache: Optional[dict[str, torch.Tensor]] = None) -> Fidelity:
+    """Agreement and KL of ``student`` to ``teacher`` over the scans of ``files`` (labels unused).
+
+    ``teacher_cache`` (a dict the caller keeps) holds the teacher's point logits per scan after
+    the first call, so scoring many students against one teacher runs the teacher once per scan.
+    """
     if student.config.grid != teacher.config.grid:
         raise ValueError("fidelity_on_files: student and teacher must share the grid (same voxels)")
     if student.label_map.class_names != teacher.label_map.class_names:
@@ -82,6 +86,11 @@ def fidelity_on_files(student: "Segmenter", teacher: "Segmenter", files: ScanFil
         batch = collate_scans([scan], student.config.grid.size)
         with torch.inference_mode():
             s = student.model(batch.to(student.device)).point_logits.float().cpu()
-            t = teacher.model(batch.to(teacher.device)).point_logits.float().cpu()
+            key = str(points_path)
+            t = None if teacher_cache is None else teacher_cache.get(key)
+            if t is None:
+                t = teacher.model(batch.to(teacher.device)).point_logits.float().cpu()
+                if teacher_cache is not None:
+                    teacher_cache[key] = t
         meter.update(s, t)
     return meter.result()

@@ -426,3 +426,8 @@ def test_per_scan_matrices_and_fidelity_on_a_split(teacher_run, tiny_data, tmp_p
     fresh = Segmenter(build_model(cfg), cfg, teacher.label_map, device="cpu")
     other = fidelity_on_files(fresh, teacher, files, "semantickitti")
     assert other.agreement < 1.0 and other.kl > 0.01
+    # The teacher cache: filled once per scan, then reused with the same answer.
+    cache: dict = {}
+    first = fidelity_on_files(fresh, teacher, files, "semantickitti", teacher_cache=cache)
+    assert len(cache) == len(files) and first == other
+    assert fidelity_on_files(teacher, teacher, files, "semantickitti", teacher_cache=cache) == self_fid
