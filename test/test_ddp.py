@@ -52,3 +52,45 @@ def test_two_ranks_end_with_identical_weights(tmp_path):
     assert steps == [1, 2, 3]
     # 4 scans over 2 ranks at batch 1: each step consumes 2 scans.
     assert (out / "eval" / "val_best.json").is_file()
+
+
+@pytest.mark.timeout(300)
+def test_two_ranks_distill_with_unlabelled_scans(tmp_path):
+    """`pvd distill --unlabelled` under torchrun: ranks stay in sync and draw different unlabelled scans."""
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    import shutil
+
+    from pvd_core.checkpoint import save_checkpoint
+    from pvd_core.config import load_config
+    from pvd_core.data.unlabelled import DrawSampler
+    from pvd_core.labels import label_map_for
+    from pvd_core.models.cylinder3d import build_model
+
+    data = tmp_path / "data"
+    write_tiny_kitti(data, ("00",), scans=4, seed=4)
+    write_tiny_kitti(data, ("08",), scans=1, seed=5)
+    raw = tmp_path / "raw"
+    write_tiny_kitti(raw, ("00",), scans=4, seed=6)
+    shutil.rmtree(raw / "sequences" / "00" / "labels")
+    teacher_cfg = load_config(tiny_config(tmp_path / "t.yaml", data, init_size=4))
+    torch.manual_seed(5)
+    teacher = tmp_path / "teacher.pt"
+    save_checkpoint(teacher, build_model(teacher_cfg), teacher_cfg, label_map_for("semantickitti"), {"step": 0})
+    cfg = tiny_config(tmp_path / "s.yaml", data, init_size=2, distill={}, max_steps=2, batch_size=1, log_every=1,
+                      checkpoint_every=2, val_every=100)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "pvd_core.cli", "distill", "--config", str(cfg), "--teacher", str(teacher), "--unlabelled", str(raw),
+         "--out", str(out), "--no-progress"],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout}\n{proc.stderr}"
+    digests = dict(re.findall(r"rank (\d)/2: final state sha256 ([0-9a-f]{64})", proc.stdout + proc.stderr))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    assert proc.stdout.count("unlabelled: 4 scans") == 1  # rank 0 alone reports
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["unlabelled_points"] > 0 for r in rows)
+    # The draws of the two ranks at a step never coincide (the rule the loop used).
+    r0, r1 = iter(DrawSampler(0, 1, 0, 2)), iter(DrawSampler(0, 1, 1, 2))
+    assert [next(r0) for _ in range(2)] == [0, 2] and [next(r1) for _ in range(2)] == [1, 3]
