@@ -75,8 +75,13 @@ def synthetic_pair(gain_out: Path, unl_root: Path, args: argparse.Namespace, sco
                           ("--unlabelled", str(unl_root), "--unlabelled-ratio", str(args.unlabelled_ratio)))
     doc: dict[str, Any] = {"seed": seed}
     mats = {}
-    for arm, ckpt in (("labelled", labelled), ("unlabelled", unlabelled)):
-        doc[arm], mats[arm] = scorer.score(ckpt)
+    scored = gain_out / "pairs" / f"pair_{seed}.json"  # distill_gain already scored the same PVD run
+    if scored.is_file():
+        doc["labelled"] = json.loads(scored.read_text())["pvd"]
+        mats["labelled"] = np.load(scored.with_suffix(".npz"))["pvd"]
+    else:
+        doc["labelled"], mats["labelled"] = scorer.score(labelled)
+    doc["unlabelled"], mats["unlabelled"] = scorer.score(unlabelled)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path.with_suffix(".npz"), **mats)
     dg.write_json(path, doc)
