@@ -108,6 +108,7 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "pairs": [{"seed": p["seed"], "labelled": p["labelled"]["miou"], "unlabelled": p["unlabelled"]["miou"]}
                   for p in pairs],
+        "vs_baseline": vs_supervised_baseline(gain_out, pairs),
         "gain_mean": round(t.mean, 4), "gain_ci95": [round(x, 4) for x in t.ci95], "p_value": t.p_value,
         "gain_bootstrap_ci95_over_scans": [round(x, 4) for x in bootstrap_gain_ci(
             [z["labelled"] for z in npz], [z["unlabelled"] for z in npz], scorer.classes, seed=0)],
@@ -125,6 +126,20 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
                    "scoring": f"EMA of weights (train.ema_decay {args.ema_decay}) on "
                               f"{len(scorer.files)} scans of {args.val_towns} unseen towns"},
     }
+
+
+def vs_supervised_baseline(gain_out: Path, pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """PVD + unlabelled against distill_gain's supervised baseline of the same seeds (paired-t)."""
+    from pvd_core.paired_stats import paired_t
+
+    files = [gain_out / "pairs" / f"pair_{p['seed']}.json" for p in pairs]
+    if not all(f.is_file() for f in files):
+        return {}
+    base = [json.loads(f.read_text())["baseline"]["miou"] for f in files]
+    t = paired_t(base, [p["unlabelled"]["miou"] for p in pairs])
+    return {"baseline_mean": round(float(np.mean(base)), 4),
+            "unlabelled_mean": round(float(np.mean([p["unlabelled"]["miou"] for p in pairs])), 4),
+            "gain_mean": round(t.mean, 4), "gain_ci95": [round(x, 4) for x in t.ci95], "p_value": t.p_value}
 
 
 # ------------------------------------------------------------------------------------ real
@@ -230,6 +245,11 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
                   f"{p['unlabelled'] - p['labelled']:+.2f} |" for p in res["pairs"]]
         lines += ["", f"Mean gain **{_num(res['gain_mean'], '+.2f')} mIoU**, paired-t 95 % CI "
                   f"[{_num(lo)}, {_num(hi)}], p = {_num(res['p_value'], '.3g')} ({len(res['pairs'])} pairs).", ""]
+        vb = res.get("vs_baseline")
+        if vb:
+            lines += [f"Against the supervised baseline of the same seeds: {vb['unlabelled_mean']:.2f} vs "
+                      f"{vb['baseline_mean']:.2f}, gain {_num(vb['gain_mean'], '+.2f')}, 95 % CI "
+                      f"[{_num(vb['gain_ci95'][0])}, {_num(vb['gain_ci95'][1])}].", ""]
         if "caveat" in res["design"]:
             lines += [f"Caveat: {res['design']['caveat']}.", ""]
     path.write_text("\n".join(lines) + "\n")

@@ -18,6 +18,19 @@ from test_train import REPO, read_jsonl, subprocess_env, tiny_config, write_tiny
 pytestmark = [pytest.mark.ddp, pytest.mark.subprocess]  # slow tier (markers in setup.cfg)
 
 
+def run_two_ranks(*args: str) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    """`pvd ARGS` under torchrun with 2 CPU ranks; asserts success and equal final-state digests."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "pvd_core.cli", *args, "--no-progress"],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout}\n{proc.stderr}"
+    digests = dict(re.findall(r"rank (\d)/2: final state sha256 ([0-9a-f]{64})", proc.stdout + proc.stderr))
+    assert set(digests) == {"0", "1"}, f"expected a digest from each rank:\n{proc.stdout}\n{proc.stderr}"
+    assert digests["0"] == digests["1"]
+    return proc, digests
+
+
 @pytest.mark.timeout(300)
 def test_two_ranks_end_with_identical_weights(tmp_path):
     if not torch.distributed.is_available():
@@ -32,14 +45,7 @@ def test_two_ranks_end_with_identical_weights(tmp_path):
     cfg = tiny_config(tmp_path / "cfg.yaml", data, init_size=4, max_steps=3, batch_size=1, log_every=1,
                       checkpoint_every=3, val_every=3)
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "pvd_core.cli", "train", "--config", str(cfg), "--out", str(out), "--no-progress"],
-        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout}\n{proc.stderr}"
-    digests = dict(re.findall(r"rank (\d)/2: final state sha256 ([0-9a-f]{64})", proc.stdout + proc.stderr))
-    assert set(digests) == {"0", "1"}, f"expected a digest from each rank:\n{proc.stdout}\n{proc.stderr}"
-    assert digests["0"] == digests["1"]
+    _, digests = run_two_ranks("train", "--config", str(cfg), "--out", str(out))
 
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt.meta["world_size"] == 2 and ckpt.meta["step"] == 3
@@ -80,14 +86,8 @@ def test_two_ranks_distill_with_unlabelled_scans(tmp_path):
     cfg = tiny_config(tmp_path / "s.yaml", data, init_size=2, distill={}, max_steps=2, batch_size=1, log_every=1,
                       checkpoint_every=2, val_every=100)
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "pvd_core.cli", "distill", "--config", str(cfg), "--teacher", str(teacher), "--unlabelled", str(raw),
-         "--out", str(out), "--no-progress"],
-        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout}\n{proc.stderr}"
-    digests = dict(re.findall(r"rank (\d)/2: final state sha256 ([0-9a-f]{64})", proc.stdout + proc.stderr))
-    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    proc, _ = run_two_ranks("distill", "--config", str(cfg), "--teacher", str(teacher), "--unlabelled", str(raw),
+                            "--out", str(out))
     assert proc.stdout.count("unlabelled: 4 scans") == 1  # rank 0 alone reports
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["step"] for r in rows] == [1, 2] and all(r["unlabelled_points"] > 0 for r in rows)

@@ -23,8 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pvd_core.augment import Augmenter
 from pvd_core.config import Config
-from pvd_core.data import nuscenes, semantickitti
-from pvd_core.data.dataset import scan_list
+from pvd_core.data.dataset import read_scan, scan_list, subsample_points
 from pvd_core.data.semantickitti import DataError
 from pvd_core.labels import label_map_for
 from pvd_core.voxelizer import CylindricalVoxelizer, VoxelizedScan
@@ -113,12 +112,10 @@ class UnlabelledScans(Dataset):
 
     def __getitem__(self, draw: int) -> VoxelizedScan:
         sweep, index = self.scan_of_draw(draw)
-        path = self.files[index]
-        reader = semantickitti if self.kind == "semantickitti" else nuscenes
-        points = reader.read_points(path)
-        if self.max_points and len(points) > self.max_points:
-            rng = np.random.default_rng([self.seed, sweep, index, _SUBSAMPLE_STREAM])
-            points = points[np.sort(rng.choice(len(points), size=self.max_points, replace=False))]
+        points, _ = read_scan(self.kind, self.files[index], None, self.label_map)
+        if self.max_points:
+            points, _ = subsample_points(points, None, self.max_points,
+                                         np.random.default_rng([self.seed, sweep, index, _SUBSAMPLE_STREAM]))
         if self.augmenter is not None:
             points = self.augmenter(points, np.random.default_rng([self.seed, sweep, index, _AUGMENT_STREAM]))
         return self.voxelizer(points, None)
