@@ -75,6 +75,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "sampler_distance": {"sampler": "distance"},
     # Tuning (issue 11 item 4), paired against full PVD the same way: softer teacher distributions.
     "temperature_4": {"temperature": 4.0},
+    # Stronger distillation: the review found the KD terms small against the segmentation loss.
+    "output_kl_x3": {"alpha_p": 3.0, "alpha_v": 3.0},
+    "affinity_x10": {"beta_p": 10.0, "beta_v": 10.0},
 }
 
 
