@@ -26,15 +26,15 @@ Design (issue 11), on `pvd synth` data:
   (the same for every model), named in the results.
 
 Results: ``--results`` (default bench/results/distill_gain.json) and a .md next to it,
-rewritten after every pair. The committed results (about 2.5 hours of 2 CPU cores: teacher
-28 min, each student 4-7 min, scoring 2-5 min per pair):
+rewritten after every pair. The committed results (8 pairs about 2.5 hours of 2 CPU cores:
+teacher 28 min, each student 4-7 min, scoring 2-5 min per pair; each variant 4 x 7 min more):
 
     python bench/distill_gain.py --out /tmp/distill_gain --steps 300 --teacher-steps 1000 --scans 40 \\
         --val-towns 3 --val-scans 40 --columns 600 --ema-decay 0.99 --min-pairs 8 --max-pairs 8 \\
-        --ablations temperature_4 --ablation-pairs 4 --jobs 2
+        --ablations temperature_4 no_out_p no_out_v no_aff_p no_aff_v sampler_random sampler_class \\
+        sampler_distance --ablation-pairs 4 --jobs 2
 
-The remaining ablations (``--ablations`` with no names = every entry of ABLATIONS) need about
-4 pairs x 7 variants x 7 min more.
+``output_kl_x3`` and ``affinity_x10`` have not run (``--ablations`` with no names runs every entry).
 
 Smoke test (minutes, writes to /tmp only):
 

@@ -54,8 +54,8 @@ REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "segment.yaml"
 # The nodes run with the participant profile that launch/segment.launch.py gives them; the driver
 # (this process) keeps Fast DDS's default transports, as a LiDAR driver does. Without the profile a
-# node got no cloud for 60 s in one CI run of 27 busy nodes: 128 kB best-effort samples through the
-# driver's 512 KiB default shared-memory segment, shared by up to 10 subscribers at 10 Hz.
+# node got no cloud for 60 s in one CI run; the likely cause (not reproduced): 128 kB best-effort
+# samples through the driver's 512 KiB default shared-memory segment, for up to a dozen nodes at 10 Hz.
 DDS_PROFILE = REPO / "config" / "fastdds_large_clouds.xml"
 INT, TERM = signal.SIGINT, signal.SIGTERM
 # What an unclean exit leaves in the log (Python, libstdc++, glibc, faulthandler).
