@@ -29,10 +29,10 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from pvd_ros.dds_settings import FAST_DDS_2_DISTROS
+
 #: Launch arguments that override the params file when given; empty (their default) leaves it.
 OVERRIDABLE = ("checkpoint", "device")
-#: Distributions whose Fast DDS 2 reads FASTRTPS_DEFAULT_PROFILES_FILE (FASTDDS_... from Kilted on).
-FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
 
 
 def _given_overrides(context) -> dict:

@@ -20,13 +20,19 @@ SEMANTICKITTI_LICENCE = ("CC BY-NC-SA 4.0 (trained on SemanticKITTI: KITTI scans
                          "labels CC BY-NC-SA 4.0): non-commercial use only, share alike")
 
 
-def model_dirs() -> list[Path]:
-    """Where shipped models live: the source tree, then installed ``share/pvd_ros/models`` folders."""
-    dirs = [Path(__file__).resolve().parents[1] / "models", Path(sys.prefix) / "share" / "pvd_ros" / "models"]
+def share_dirs(folder: str) -> list[Path]:
+    """Where a shipped folder (``models``, ``config``) lives: the source tree, then installed
+    ``share/pvd_ros/<folder>`` (pip's prefix, then each AMENT_PREFIX_PATH entry)."""
+    dirs = [Path(__file__).resolve().parents[1] / folder, Path(sys.prefix) / "share" / "pvd_ros" / folder]
     for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
         if prefix:
-            dirs.append(Path(prefix) / "share" / "pvd_ros" / "models")
+            dirs.append(Path(prefix) / "share" / "pvd_ros" / folder)
     return dirs
+
+
+def model_dirs() -> list[Path]:
+    """Where shipped models live."""
+    return share_dirs("models")
 
 
 def shipped_model(name: str = DEFAULT_MODEL) -> Path:

@@ -41,6 +41,7 @@ from pvd_core.errors import MissingFileError, PvdError, UsageError
 from pvd_core.point_rule import PointRule
 from pvd_ros import bag_io
 from pvd_ros.bag_eval import latency_summary
+from pvd_ros.dds_settings import node_environment
 
 PathLike = Union[str, Path]
 NODE_MODES = ("inprocess", "process")
@@ -346,8 +347,9 @@ class _ReplayGraph:
         self.mode, self.checkpoint, self.device, self.domain_id = mode, checkpoint, device, domain_id
         self.params_file, self.extra, self.frames = params_file, extra, frames
         self.record, self.record_storage = record, record_storage
-        self.transport_env = _large_data_env() if mode == "process" else {}
-        self.saved_env = {k: os.environ.get(k) for k in self.transport_env}
+        # The child gets what launch gives the node; this process keeps its own DDS settings, as a
+        # LiDAR driver does (the shipped profile is measured against default peers: docs/ros.md).
+        self.transport_env = node_environment() if mode == "process" else {}
         self.context: Any = None
         self.executor: Any = None
         self.seg_node: Any = None
@@ -378,7 +380,6 @@ class _ReplayGraph:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
 
-        os.environ.update(self.transport_env)  # read when our participant is created (first node); restored below
         self.context = Context()
         rclpy.init(context=self.context, domain_id=self.domain_id)
         self.executor = SingleThreadedExecutor(context=self.context)
@@ -389,7 +390,6 @@ class _ReplayGraph:
                                     self.transport_env)
             self.input_topic, self.output_topic = f"/{NODE_NAME}/input/points", f"/{NODE_NAME}/output/points"
         node = Node("pvd_bag_replay", context=self.context)
-        _restore_env(self.saved_env)
         if self.record is not None:
             self.writer = bag_io.CloudBagWriter(self.record, topic=self.output_topic,
                                                 storage=self.record_storage).__enter__()
@@ -443,7 +443,6 @@ class _ReplayGraph:
                              if k.startswith("mean_") and k.endswith("_ms")}
 
     def close(self) -> None:
-        _restore_env(self.saved_env)
         if self.executor is not None:
             self.executor.shutdown(timeout_sec=5.0)
         if self.spin_thread is not None:
@@ -581,30 +580,6 @@ def _probe(player: _Player, template: Any, timeout_s: float, child: Optional[_Ch
                 break
         time.sleep(0.02)
     return rtt, len(sent)
-
-
-def _large_data_env() -> dict[str, str]:
-    """Fast DDS transport settings for multi-megabyte best-effort clouds between processes.
-
-    Measured here (rclpy Kilted wheels, Fast DDS default UDP + 512 KB SHM segments):
-    best-effort samples of 1 MB and 2.4 MB sent to another process never arrived, 100 KB
-    ones did; with ``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` (SHM/TCP for data) all did.
-    A 64-beam cloud is about 2 MB, so without it every frame would count as "dropped"
-    for a transport reason, not a compute one. Left alone when the user has set the
-    variable or chosen another RMW.
-    """
-    rmw = os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    if "FASTDDS_BUILTIN_TRANSPORTS" in os.environ or not rmw.startswith("rmw_fastrtps"):
-        return {}
-    return {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
-
-
-def _restore_env(saved: dict[str, Optional[str]]) -> None:
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _spin(executor: Any) -> None:

@@ -11,7 +11,9 @@ measured between real processes (bench/dds_interop.py, bench/results/dds_interop
 - ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``: 2 MB clouds got no answer (docs/ros.md, DDS).
 
 :func:`transport_warnings` turns a process environment into the warnings that apply;
-:func:`warn_about_transport` logs them (segment_node calls it once at start).
+:func:`warn_about_transport` logs them (segment_node calls it once at start);
+:func:`node_environment` is what a process that starts the node itself (``pvd_bag replay``,
+the demo) adds to its environment, the same profile launch/segment.launch.py gives it.
 """
 from __future__ import annotations
 
@@ -19,8 +21,12 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from pvd_core.shipped_models import share_dirs
+
 PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 SHIPPED_PROFILE = "fastdds_large_clouds.xml"
+# Distributions on Fast DDS 2, which reads FASTRTPS_DEFAULT_PROFILES_FILE (newer ones warn on that name).
+FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
 _FIX = (f"start the node with FASTDDS_DEFAULT_PROFILES_FILE=<share/pvd_ros/config/{SHIPPED_PROFILE}> "
         "(launch/segment.launch.py does) and no FASTDDS_BUILTIN_TRANSPORTS")
 
@@ -56,3 +62,28 @@ def warn_about_transport(logger: Any, environ: Optional[Mapping[str, str]] = Non
     for message in warnings:
         logger.warning(message)
     return warnings
+
+
+def shipped_profile() -> Optional[Path]:
+    """``config/fastdds_large_clouds.xml`` of the source tree or an installed share folder; None if absent."""
+    for folder in share_dirs("config"):
+        if (folder / SHIPPED_PROFILE).is_file():
+            return folder / SHIPPED_PROFILE
+    return None
+
+
+def node_environment(environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """Variables to add for a segment_node child: the shipped profile, as launch gives it.
+
+    Empty where the user chose transports (a profile variable, FASTDDS_BUILTIN_TRANSPORTS),
+    another RMW, or the profile is not found. The starting process itself keeps its own
+    settings, as a LiDAR driver would: the profile is measured to work against default peers.
+    """
+    env = os.environ if environ is None else environ
+    rmw = env.get("RMW_IMPLEMENTATION", "") or "rmw_fastrtps_cpp"
+    chosen = any(env.get(name) for name in (*PROFILE_VARIABLES, "FASTDDS_BUILTIN_TRANSPORTS"))
+    profile = shipped_profile()
+    if chosen or profile is None or not rmw.startswith("rmw_fastrtps"):
+        return {}
+    names = PROFILE_VARIABLES if env.get("ROS_DISTRO", "") in FAST_DDS_2_DISTROS else PROFILE_VARIABLES[:1]
+    return {name: str(profile) for name in names}

@@ -123,7 +123,9 @@ def test_overload_drops_instead_of_queueing(workdir: Path, tiny_checkpoint: Path
 
 
 def test_replay_cli_with_child_process_node(workdir: Path, slow_bag: Path, tiny_checkpoint: Path,
-                                            capsys: pytest.CaptureFixture) -> None:
+                                            capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS"):
+        monkeypatch.delenv(name, raising=False)  # a developer's own DDS settings would be kept
     out_json = workdir / "replay_cli.json"
     record = workdir / "replay_cli_recorded.bag"  # a rosbag2 directory named like a ROS 1 file
     ros1_bag = workdir / "slow_ros1.bag"
@@ -146,7 +148,8 @@ def test_replay_cli_with_child_process_node(workdir: Path, slow_bag: Path, tiny_
     assert len(output_stamps) == len(set(output_stamps)) == report["answered"]
     assert set(output_stamps) <= input_stamps
     assert report["miou"] is not None and set(report["latency_ms"]) >= {"p50", "p95", "max"}
-    assert report["dds_env"].get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA") == "LARGE_DATA"
+    # The child node got the profile launch gives it (this process keeps its own settings).
+    assert Path(report["dds_env"]["FASTDDS_DEFAULT_PROFILES_FILE"]).name == "fastdds_large_clouds.xml"
 
 
 def test_replay_errors_name_the_problem(workdir: Path, slow_bag: Path, tiny_checkpoint: Path,

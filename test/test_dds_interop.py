@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pvd_ros.dds_settings import transport_warnings
+from pvd_ros.dds_settings import node_environment, transport_warnings
 
 pytestmark = [pytest.mark.dds, pytest.mark.subprocess]  # slow tier (markers in setup.cfg)
 
@@ -73,3 +73,20 @@ def test_node_warns_when_its_transport_settings_miss_default_peers(env, expect):
     assert len(warnings) == len(expect), warnings
     for message, words in zip(warnings, expect):
         assert words in message
+
+
+@pytest.mark.parametrize("env, expect", [
+    ({}, ["FASTDDS_DEFAULT_PROFILES_FILE"]),
+    ({"ROS_DISTRO": "kilted"}, ["FASTDDS_DEFAULT_PROFILES_FILE"]),
+    ({"ROS_DISTRO": "jazzy"}, ["FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"]),
+    ({"FASTDDS_DEFAULT_PROFILES_FILE": "/robot/profile.xml"}, []),  # the user's own choice is kept
+    ({"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}, []),
+    ({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, []),
+])
+def test_a_node_started_by_a_tool_gets_the_profile_launch_gives_it(env, expect):
+    """pvd_bag replay and the demo start segment_node themselves: same profile, and no warning."""
+    added = node_environment(env)
+    assert sorted(added) == sorted(expect)
+    assert all(Path(value) == PROFILE for value in added.values())
+    if added:
+        assert transport_warnings({**env, **added}) == []
