@@ -78,6 +78,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     # Stronger distillation: the review found the KD terms small against the segmentation loss.
     "output_kl_x3": {"alpha_p": 3.0, "alpha_v": 3.0},
     "affinity_x10": {"beta_p": 10.0, "beta_v": 10.0},
+    # Where the output KL applies (docs/method.md 4.1): only where the teacher is confident
+    # (top-1 >= 0.8), or weighted by the supervoxel sampler (rare classes, far ranges).
+    "kl_confidence": {"kl_weighting": "confidence", "kl_min_confidence": 0.8},
+    "kl_supervoxel": {"kl_weighting": "supervoxel"},
 }
 
 

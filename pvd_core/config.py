@@ -175,6 +175,9 @@ class TrainConfig:
             raise ConfigError(f"{where}.device {exc}") from None
 
 
+KL_WEIGHTINGS = ("uniform", "confidence", "supervoxel")
+
+
 @dataclass
 class DistillConfig:
     """PVD (docs/method.md section 4). Absent or ``enabled: false`` means plain supervised training."""
@@ -185,6 +188,10 @@ class DistillConfig:
     beta_p: float = 1.0  # inter-point affinity
     beta_v: float = 1.0  # inter-voxel affinity
     temperature: float = 1.0
+    # Output-KL row weights: uniform (the paper) | confidence (teacher top-1 >= kl_min_confidence)
+    # | supervoxel (the affinity sampler's weight of the row's supervoxel); docs/method.md 4.1.
+    kl_weighting: str = "uniform"
+    kl_min_confidence: float = 0.8
     supervoxel: list[int] = field(default_factory=lambda: [120, 60, 8])  # voxels per supervoxel
     num_supervoxels: int = 6  # K
     points_per_supervoxel: int = 64  # N_p
@@ -211,6 +218,12 @@ class DistillConfig:
         for name in ("num_supervoxels", "points_per_supervoxel", "voxels_per_supervoxel", "min_points"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{where}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.kl_weighting not in KL_WEIGHTINGS:
+            raise ConfigError(f"{where}.kl_weighting must be one of {', '.join(KL_WEIGHTINGS)}, "
+                              f"got {self.kl_weighting!r}")
+        if not 0.0 <= self.kl_min_confidence < 1.0:
+            raise ConfigError(f"{where}.kl_min_confidence must lie in [0, 1) (the teacher's top-1 probability), "
+                              f"got {self.kl_min_confidence}")
         if self.sampler not in ("difficulty", "random", "class", "distance"):
             raise ConfigError(
                 f"{where}.sampler must be difficulty, random, class or distance, got {self.sampler!r}")

@@ -106,6 +106,7 @@ def test_odd_grid_sizes_are_allowed() -> None:
     ({"augment": {"scale": [1.1, 0.9]}}, "augment.scale"),
     ({"distill": {"temperature": 0}}, "distill.temperature"),
     ({"distill": {"supervoxel": [1, 2]}}, "distill.supervoxel"),
+    ({"distill": {"kl_min_confidence": 1.0}}, "distill.kl_min_confidence"),
 ])
 def test_out_of_range_names_field(data: dict, field: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -119,6 +120,7 @@ def test_out_of_range_names_field(data: dict, field: str) -> None:
     ({"train": {"lr_schedule": "step"}}, "train.lr_schedule", "step"),
     ({"train": {"device": "tpu"}}, "train.device", "tpu"),
     ({"distill": {"sampler": "greedy"}}, "distill.sampler", "greedy"),
+    ({"distill": {"kl_weighting": "entropy"}}, "distill.kl_weighting", "entropy"),
 ])
 def test_bad_enum_names_field_and_value(data: dict, field: str, value: str) -> None:
     with pytest.raises(ConfigError) as err:

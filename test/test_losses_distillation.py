@@ -306,6 +306,57 @@ def test_kl_distillation_hand_computed_values():
     assert float(kl_distillation(t, s, 1.0)) == pytest.approx(0.5 * math.log(2 / 3) + 0.5 * math.log(2.0), rel=1e-6)
 
 
+def test_kl_row_weights_restrict_or_reweight_the_mean():
+    s = torch.zeros(3, 2)
+    t = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0], [math.log(9.0), 0.0]])  # top-1 0.75, 0.5, 0.9
+    per_row = [float(kl_distillation(s[i:i + 1], t[i:i + 1], 1.0)) for i in range(3)]
+    # A 0/1 mask is a mean over the kept rows (unchanged scale), not over all of them.
+    assert float(kl_distillation(s, t, 1.0, torch.tensor([1.0, 0.0, 1.0]))) == pytest.approx(
+        (per_row[0] + per_row[2]) / 2, rel=1e-6)
+    assert float(kl_distillation(s, t, 1.0, torch.tensor([3.0, 1.0, 0.0]))) == pytest.approx(
+        (3 * per_row[0] + per_row[1]) / 4, rel=1e-6)
+    assert float(kl_distillation(s, t, 1.0, torch.zeros(3))) == 0.0  # nothing kept: 0, not NaN
+    with pytest.raises(ValueError, match="one entry per row"):
+        kl_distillation(s, t, 1.0, torch.ones(2))
+    # 'confidence' keeps the rows whose teacher top-1 reaches the threshold: rows 0 and 2 at 0.7.
+    from pvd_core.losses.distillation import kl_row_weights
+    mask = kl_row_weights(small_cfg(kl_weighting="confidence", kl_min_confidence=0.7), t, None)
+    assert mask.tolist() == [1.0, 0.0, 1.0]
+    assert kl_row_weights(small_cfg(), t, torch.ones(3)) is None  # uniform: the paper's plain mean
+
+
+def test_pvd_loss_weights_the_kl_by_supervoxel_or_teacher_confidence():
+    from pvd_core.losses.supervoxel import num_supervoxels, supervoxel_weights
+
+    batch = make_batch(seed=6)
+    student = make_output(batch, voxel_width=8, seed=30)
+    teacher = make_output(batch, voxel_width=16, seed=31)
+    vsv = supervoxel_ids(batch.voxel_coords, SHAPE, [8, 8, 4])
+    psv = vsv[batch.point_to_voxel.long()]
+    sv_w = supervoxel_weights(psv, batch.point_labels, batch.point_features[:, 3],
+                              num_supervoxels(2, SHAPE, [8, 8, 4]), CLASS_WEIGHTS, min_points=2, rho_max=50.0)
+
+    def terms(**kw):
+        cfg = small_cfg(beta_p=0.0, beta_v=0.0, **kw)  # KL only: the weighting alone is under test
+        return PVDLoss(cfg, SHAPE, 50.0, CLASS_WEIGHTS)(student, teacher, batch, torch.Generator().manual_seed(0))
+
+    sv = terms(kl_weighting="supervoxel")
+    assert sv["out_p"].item() == pytest.approx(
+        kl_distillation(student.point_logits, teacher.point_logits, 2.0, sv_w[psv]).item(), rel=1e-6)
+    assert sv["out_v"].item() == pytest.approx(
+        kl_distillation(student.voxel_logits, teacher.voxel_logits, 2.0, sv_w[vsv]).item(), rel=1e-6)
+    assert sv["out_p"].item() != pytest.approx(terms()["out_p"].item(), rel=1e-3)  # the weights do change it
+    confident = F.softmax(teacher.point_logits.detach(), 1).max(1).values >= 0.5
+    assert 0 < int(confident.sum()) < batch.num_points  # random logits: some rows in, some out
+    conf = terms(kl_weighting="confidence", kl_min_confidence=0.5)
+    assert conf["out_p"].item() == pytest.approx(
+        kl_distillation(student.point_logits[confident], teacher.point_logits[confident], 2.0).item(), rel=1e-6)
+    conf["pvd"].backward()
+    assert teacher.point_logits.grad is None
+    dropped = student.point_logits.grad[~confident]  # rows the teacher is unsure of teach nothing
+    assert float(dropped.abs().sum()) == 0.0 and float(student.point_logits.grad[confident].abs().sum()) > 0
+
+
 def test_affinity_loss_hand_computed_values():
     # Group 1: student rows orthogonal (A_s = I), teacher rows equal (A_t = 1): two off-diagonal
     # errors of 1, ||.||_F^2 / N^2 = 2 / 4. Group 2: student cos = 1/sqrt2, teacher cos = -1:

@@ -21,22 +21,47 @@ from pvd_core.losses.supervoxel import (num_supervoxels, sample_supervoxels, sup
 from pvd_core.models.outputs import SegOutput
 
 
-def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * mean over rows of KL(softmax(t / T) || softmax(s / T)).
+def kl_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                    weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """T^2 * weighted mean over rows of KL(softmax(t / T) || softmax(s / T)).
 
-    The T^2 factor keeps the gradient scale independent of T (Hinton et al.). Zero rows
-    give 0, not NaN.
+    The T^2 factor keeps the gradient scale independent of T (Hinton et al.). ``weights``
+    (rows,), >= 0, turn the mean into sum(w * KL) / sum(w): a 0/1 mask restricts the term
+    to some rows at an unchanged scale. Zero rows or zero total weight give 0, not NaN.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"kl_distillation: student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape")
     if temperature <= 0:
         raise ValueError(f"kl_distillation: temperature must be > 0, got {temperature}")
+    if weights is not None and weights.shape != student_logits.shape[:1]:
+        raise ValueError(f"kl_distillation: weights {tuple(weights.shape)} must have one entry per row "
+                         f"({student_logits.shape[0]})")
     t = float(temperature)
     log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
     log_p_t = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
-    return kl.sum() / max(kl.shape[0], 1) * (t * t)
+    if weights is None:
+        return kl.sum() / max(kl.shape[0], 1) * (t * t)
+    w = weights.detach().float().to(kl.device)
+    return (w * kl).sum() / w.sum().clamp(min=1e-12) * (t * t)
+
+
+def kl_row_weights(cfg: DistillConfig, teacher_logits: torch.Tensor,
+                   supervoxel_weight: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Row weights of the output KL for ``cfg.kl_weighting`` (docs/method.md 4.1; None = uniform).
+
+    'confidence': 1 where the teacher's top softmax probability (at T = 1) reaches
+    ``kl_min_confidence``, else 0, so its uncertain rows (where it is most often wrong) teach
+    nothing. 'supervoxel': each row's supervoxel weight from the affinity sampler (rare classes
+    and far ranges count more), so the KL is not dominated by the road the student already knows.
+    """
+    if cfg.kl_weighting == "confidence":
+        top = F.softmax(teacher_logits.detach().float(), dim=1).max(dim=1).values
+        return (top >= cfg.kl_min_confidence).float()
+    if cfg.kl_weighting == "supervoxel":
+        return supervoxel_weight
+    return None
 
 
 def cosine_affinity(features: torch.Tensor) -> torch.Tensor:
@@ -152,14 +177,10 @@ class PVDLoss:
         cfg = self.cfg
         device = student.point_logits.device
         zero = student.point_logits.sum() * 0.0  # a zero on the graph, so skipped terms still backprop
-        out_p, out_v = zero, zero
-        if cfg.alpha_p > 0:
-            out_p = kl_distillation(student.point_logits, teacher.point_logits, cfg.temperature)
-        if cfg.alpha_v > 0:
-            out_v = kl_distillation(student.voxel_logits, teacher.voxel_logits, cfg.temperature)
         aff_p, aff_v = zero, zero
         self.last_supervoxels = None
-        if (cfg.beta_p > 0 or cfg.beta_v > 0) and batch.num_voxels > 0:
+        point_w = voxel_w = None
+        if (cfg.beta_p > 0 or cfg.beta_v > 0 or cfg.kl_weighting == "supervoxel") and batch.num_voxels > 0:
             voxel_coords = batch.voxel_coords.to(device)
             point_to_voxel = batch.point_to_voxel.to(device).long()
             voxel_sv = supervoxel_ids(voxel_coords, self.spatial_shape, cfg.supervoxel)
@@ -169,16 +190,24 @@ class PVDLoss:
                 point_sv, self._labels_for_sampling(teacher, batch).to(device),
                 batch.point_features[:, 3].to(device), n_sv, self.class_weights,
                 sampler=cfg.sampler, gamma=cfg.gamma, min_points=cfg.min_points, rho_max=self.rho_max)
-            chosen = sample_supervoxels(weights, cfg.num_supervoxels, generator)
-            self.last_supervoxels = chosen
-            if chosen.numel() > 0:
-                if cfg.beta_p > 0:
+            point_w, voxel_w = weights[point_sv], weights[voxel_sv]
+            if cfg.beta_p > 0 or cfg.beta_v > 0:
+                chosen = sample_supervoxels(weights, cfg.num_supervoxels, generator)
+                self.last_supervoxels = chosen
+                if chosen.numel() > 0 and cfg.beta_p > 0:
                     groups = draw_members(point_sv, chosen, cfg.points_per_supervoxel, generator)
                     aff_p = affinity_loss([student.point_features[g] for g in groups],
                                           [teacher.point_features.detach()[g] for g in groups])
-                if cfg.beta_v > 0:
+                if chosen.numel() > 0 and cfg.beta_v > 0:
                     groups = draw_members(voxel_sv, chosen, cfg.voxels_per_supervoxel, generator)
                     aff_v = affinity_loss([student.voxel_features[g] for g in groups],
                                           [teacher.voxel_features.detach()[g] for g in groups])
+        out_p, out_v = zero, zero
+        if cfg.alpha_p > 0:
+            out_p = kl_distillation(student.point_logits, teacher.point_logits, cfg.temperature,
+                                    kl_row_weights(cfg, teacher.point_logits, point_w))
+        if cfg.alpha_v > 0:
+            out_v = kl_distillation(student.voxel_logits, teacher.voxel_logits, cfg.temperature,
+                                    kl_row_weights(cfg, teacher.voxel_logits, voxel_w))
         pvd = cfg.alpha_p * out_p + cfg.alpha_v * out_v + cfg.beta_p * aff_p + cfg.beta_v * aff_v
         return {"out_p": out_p, "out_v": out_v, "aff_p": aff_p, "aff_v": aff_v, "pvd": pvd}
