@@ -1,42 +1,16 @@
 """Shared test fixtures: the real samples in ../shared/data (skipped with a reason when absent)."""
 from __future__ import annotations
 
-import faulthandler
-import os
 from pathlib import Path
 
 import pytest
+from hang_watchdog import hang_watchdog  # noqa: F401  (autouse: a stuck test is dumped and ends the run)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 REAL_SCAN = SHARED_DATA / "semantickitti" / "sequences" / "08" / "velodyne" / "000000.bin"
 REAL_LABEL = SHARED_DATA / "semantickitti" / "sequences" / "08" / "labels" / "000000.label"
 NUSC_ROOT = SHARED_DATA / "nuscenes"
-
-# Last-resort hang guard. pytest-timeout (--timeout in .ci/setup) fails a slow test through
-# SIGALRM, which Python only handles when the main thread returns to the interpreter; a test
-# stuck inside a C call (a DDS publish or shutdown holding the GIL) never does, and CI then
-# dies at its own limit with no trace. faulthandler's C watchdog needs no GIL: after
-# PVD_TEST_HANG_S seconds in one test it writes every thread's stack to PVD_TEST_HANG_LOG
-# (which .ci/setup prints) and exits the run.
-HANG_S = float(os.environ.get("PVD_TEST_HANG_S", "1200"))
-HANG_LOG = os.environ.get("PVD_TEST_HANG_LOG")
-
-
-@pytest.fixture(autouse=True)
-def hang_watchdog(request: pytest.FixtureRequest):
-    if HANG_LOG is None or HANG_S <= 0:
-        yield
-        return
-    with open(HANG_LOG, "w") as log:  # holds only the running test's header until it hangs
-        log.write(f"=== {request.node.nodeid}: still running after {HANG_S:.0f} s; every thread's stack:\n")
-        log.flush()
-        faulthandler.dump_traceback_later(HANG_S, exit=True, file=log)
-        try:
-            yield
-        finally:
-            faulthandler.cancel_dump_traceback_later()
-            log.truncate(0)
 
 
 @pytest.fixture
