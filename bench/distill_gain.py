@@ -171,6 +171,52 @@ def loss_curve(run_dir: Path, key: str = "seg") -> list[Optional[float]]:
     return [round(float(np.mean(q)), 4) if len(q) else None for q in np.array_split(np.asarray(values), 4)]
 
 
+def plot_seg_loss(out: Path, pairs: list[dict[str, Any]], path: Path) -> Optional[Path]:
+    """Segmentation loss of every run against the step (as logged: the mean of each logging window),
+    with the teacher's: shows whether the students' curves have flattened. None when no run folder is left."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pvd_core.training.run_log import read_metrics
+
+    def curve(run: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        log = out / "runs" / run / "metrics.jsonl"
+        if not log.is_file():
+            return None
+        rows = [r for r in read_metrics(log) if r.get("kind") == "train" and r.get("seg") is not None]
+        if not rows:
+            return None
+        return np.array([r["step"] for r in rows]), np.array([r["seg"] for r in rows], dtype=float)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    drawn = 0
+    for arm, colour in (("baseline", "tab:blue"), ("pvd", "tab:orange")):
+        for i, p in enumerate(pairs):
+            c = curve(f"{arm}_s{p['seed']}")
+            if c is not None:
+                ax.plot(*c, color=colour, alpha=0.6, linewidth=1.0, label=arm if i == 0 else None)
+                drawn += 1
+    teacher = curve("teacher")
+    if teacher is not None:
+        ax.plot(*teacher, color="black", linewidth=1.5, label="teacher")
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("step")
+    ax.set_ylabel("segmentation loss (logged window means)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Are the students converged? Segmentation loss of every run")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 class Scorer:
     """Scores checkpoints on the validation towns: per-scan matrices, mIoU over fixed classes, fidelity."""
 
@@ -319,6 +365,20 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {n} | {len(a['pairs'])} | {a['gain_vs_full_mean']} | {a['ci95']} | {a['vs_baseline']['mean']} | "
               f"{a['vs_baseline']['ci95']} | {a['full_vs_baseline_same_seeds']} |" for n, a in doc["ablations"].items()]
+    curves = doc.get("loss_curves_seg", {})
+    if curves:
+        lines += ["", "Segmentation loss, mean over each quarter of the run (flat last quarters = converged):", "",
+                  "| arm | Q1 | Q2 | Q3 | Q4 |", "|---|---|---|---|---|"]
+        for arm in ("baseline", "pvd"):
+            rows = [c for k, c in curves.items() if k.startswith(arm + "_s") and len(c) == 4]
+            if rows:
+                lines.append(f"| {arm} (mean of {len(rows)}) | "
+                             + " | ".join(f"{v:.3f}" for v in np.mean(rows, axis=0)) + " |")
+        teacher_curve = doc.get("teacher_detail", {}).get("loss_curve_seg") or []
+        if len(teacher_curve) == 4:
+            lines.append("| teacher | " + " | ".join(f"{v:.3f}" for v in teacher_curve) + " |")
+    if doc.get("seg_loss_png"):
+        lines += ["", f"![segmentation loss of every run]({Path(doc['seg_loss_png']).name})"]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -379,6 +439,8 @@ def main() -> int:
 
     def publish() -> None:
         doc = summarise(args, out, scorer, teacher, pairs, ablations, data_info, macs, command, stopped)
+        png = plot_seg_loss(out, pairs, args.results.with_name(args.results.stem + "_seg_loss.png"))
+        doc["seg_loss_png"] = None if png is None else str(png.relative_to(REPO) if png.is_relative_to(REPO) else png)
         write_json(args.results, doc)
         write_markdown(doc, args.results.with_suffix(".md"))
 
