@@ -326,6 +326,11 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
                             for c in doc["classes"]}
         doc["teacher_beats_baseline_on_every_class"] = all(
             v["teacher"] > v["baseline_mean"] for v in doc["per_class"].values())
+        # Does PVD gain where the teacher knows more? Pearson r over classes of (teacher - baseline)
+        # and (PVD - baseline), per-class means over the pairs (the review found it negative).
+        advantage = [v["teacher"] - v["baseline_mean"] for v in doc["per_class"].values()]
+        gain = [v["pvd_mean"] - v["baseline_mean"] for v in doc["per_class"].values()]
+        doc["per_class_gain_vs_teacher_advantage_r"] = round(float(np.corrcoef(advantage, gain)[0, 1]), 3)
     full = {p["seed"]: p["pvd"]["miou"] for p in pairs}
     baseline = {p["seed"]: p["baseline"]["miou"] for p in pairs}
     for name, runs in ablations.items():
@@ -359,12 +364,18 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
     lines += ["", f"Teacher {doc['teacher']:.2f}. Mean gain {doc['gain_mean']} mIoU, paired-t 95 % CI "
               f"[{lo:.2f}, {hi:.2f}], p = {doc['p_value']}, bootstrap CI over scans "
               f"{doc.get('gain_bootstrap_ci95_over_scans')}, gap closed {doc['gap_closed']}; decision: "
-              f"{doc['decision']}. Fidelity (agreement / KL): {doc['fidelity']}.", "",
-              "| variant | pairs | mean vs full PVD | 95 % CI | vs baseline | 95 % CI "
-              "| full PVD vs baseline, same seeds |",
-              "|---|---|---|---|---|---|---|"]
+              f"{doc['decision']}. Fidelity (agreement / KL): {doc['fidelity']}. Per class, PVD's gain against "
+              f"the teacher's advantage over the baseline: r = {doc.get('per_class_gain_vs_teacher_advantage_r')}."]
+    if doc["ablations"]:
+        lines += ["", "| variant | pairs | mean vs full PVD | 95 % CI | vs baseline | 95 % CI "
+                  "| full PVD vs baseline, same seeds |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {n} | {len(a['pairs'])} | {a['gain_vs_full_mean']} | {a['ci95']} | {a['vs_baseline']['mean']} | "
               f"{a['vs_baseline']['ci95']} | {a['full_vs_baseline_same_seeds']} |" for n, a in doc["ablations"].items()]
+    if doc.get("per_class"):
+        lines += ["", "Per class IoU (means over the pairs):", "",
+                  "| class | teacher | baseline | PVD | PVD - baseline |", "|---|---|---|---|---|"]
+        lines += [f"| {c} | {v['teacher']:.1f} | {v['baseline_mean']:.1f} | {v['pvd_mean']:.1f} | "
+                  f"{v['pvd_mean'] - v['baseline_mean']:+.1f} |" for c, v in doc["per_class"].items()]
     curves = doc.get("loss_curves_seg", {})
     if curves:
         lines += ["", "Segmentation loss, mean over each quarter of the run (flat last quarters = converged):", "",
