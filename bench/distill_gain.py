@@ -164,7 +164,9 @@ def train(out: Path, data: Path, name: str, cfg: Path, steps: int, teacher: Opti
 
 def loss_curve(run_dir: Path, key: str = "seg") -> list[Optional[float]]:
     """Mean ``key`` loss over each quarter of the run: flat last quarters = a converged run."""
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    from pvd_core.training.run_log import read_metrics
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
     values = [r[key] for r in rows if r.get("kind") == "train" and r.get(key) is not None]
     if not values:
         return []

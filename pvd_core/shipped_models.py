@@ -30,14 +30,9 @@ def share_dirs(folder: str) -> list[Path]:
     return dirs
 
 
-def model_dirs() -> list[Path]:
-    """Where shipped models live."""
-    return share_dirs("models")
-
-
 def shipped_model(name: str = DEFAULT_MODEL) -> Path:
     """The path of a shipped model; FileNotFoundError naming every place looked in."""
-    tried = [d / name for d in model_dirs()]
+    tried = [d / name for d in share_dirs("models")]
     for path in tried:
         if path.is_file():
             return path
