@@ -82,6 +82,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     # (top-1 >= 0.8), or weighted by the supervoxel sampler (rare classes, far ranges).
     "kl_confidence": {"kl_weighting": "confidence", "kl_min_confidence": 0.8},
     "kl_supervoxel": {"kl_weighting": "supervoxel"},
+    # Where the affinity features come from (docs/method.md 4.5): class probabilities, not features.
+    "affinity_probabilities": {"affinity_source": "probabilities"},
 }
 
 

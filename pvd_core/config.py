@@ -176,6 +176,7 @@ class TrainConfig:
 
 
 KL_WEIGHTINGS = ("uniform", "confidence", "supervoxel")
+AFFINITY_SOURCES = ("features", "probabilities")
 
 
 @dataclass
@@ -192,6 +193,9 @@ class DistillConfig:
     # | supervoxel (the affinity sampler's weight of the row's supervoxel); docs/method.md 4.1.
     kl_weighting: str = "uniform"
     kl_min_confidence: float = 0.8
+    # What the affinity terms compare: features (the paper: point-head penultimate activations and
+    # last decoder features) | probabilities (softmax(logits / T)); docs/method.md 4.5.
+    affinity_source: str = "features"
     supervoxel: list[int] = field(default_factory=lambda: [120, 60, 8])  # voxels per supervoxel
     num_supervoxels: int = 6  # K
     points_per_supervoxel: int = 64  # N_p
@@ -221,6 +225,9 @@ class DistillConfig:
         if self.kl_weighting not in KL_WEIGHTINGS:
             raise ConfigError(f"{where}.kl_weighting must be one of {', '.join(KL_WEIGHTINGS)}, "
                               f"got {self.kl_weighting!r}")
+        if self.affinity_source not in AFFINITY_SOURCES:
+            raise ConfigError(f"{where}.affinity_source must be one of {', '.join(AFFINITY_SOURCES)}, "
+                              f"got {self.affinity_source!r}")
         if not 0.0 <= self.kl_min_confidence < 1.0:
             raise ConfigError(f"{where}.kl_min_confidence must lie in [0, 1) (the teacher's top-1 probability), "
                               f"got {self.kl_min_confidence}")

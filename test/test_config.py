@@ -121,6 +121,7 @@ def test_out_of_range_names_field(data: dict, field: str) -> None:
     ({"train": {"device": "tpu"}}, "train.device", "tpu"),
     ({"distill": {"sampler": "greedy"}}, "distill.sampler", "greedy"),
     ({"distill": {"kl_weighting": "entropy"}}, "distill.kl_weighting", "entropy"),
+    ({"distill": {"affinity_source": "logits"}}, "distill.affinity_source", "logits"),
 ])
 def test_bad_enum_names_field_and_value(data: dict, field: str, value: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -357,6 +357,42 @@ def test_pvd_loss_weights_the_kl_by_supervoxel_or_teacher_confidence():
     assert float(dropped.abs().sum()) == 0.0 and float(student.point_logits.grad[confident].abs().sum()) > 0
 
 
+def test_affinity_from_probabilities_compares_what_the_models_predict_not_their_features():
+    batch = make_batch(seed=7)
+    teacher = make_output(batch, voxel_width=16, seed=41)
+    student = make_output(batch, voxel_width=8, seed=40)
+    # The student predicts exactly the teacher's distributions, from unrelated features.
+    student.point_logits.data.copy_(teacher.point_logits.data)
+    student.voxel_logits.data.copy_(teacher.voxel_logits.data)
+
+    def terms(source):
+        cfg = small_cfg(alpha_p=0.0, alpha_v=0.0, affinity_source=source)  # the affinity terms alone
+        return PVDLoss(cfg, SHAPE, 50.0, CLASS_WEIGHTS)(student, teacher, batch, torch.Generator().manual_seed(3))
+
+    by_features, by_probs = terms("features"), terms("probabilities")
+    assert by_features["aff_p"].item() > 0.01 and by_features["aff_v"].item() > 0.01  # random features
+    assert by_probs["aff_p"].item() == pytest.approx(0.0, abs=1e-6)
+    assert by_probs["aff_v"].item() == pytest.approx(0.0, abs=1e-6)
+    # Other student logits: the terms equal the paper's on outputs whose features are softmax(logits / T)
+    # (same generator, so the same supervoxels and members are drawn).
+    student.point_logits.data.normal_(generator=torch.Generator().manual_seed(9))
+    probs = terms("probabilities")
+
+    def as_features(out: SegOutput) -> SegOutput:
+        p, v = (F.softmax(x.detach() / 2.0, dim=1) for x in (out.point_logits, out.voxel_logits))
+        return SegOutput(point_logits=out.point_logits, voxel_logits=out.voxel_logits, point_features=p,
+                         voxel_features=v, point_to_voxel=out.point_to_voxel, voxel_coords=out.voxel_coords)
+
+    paper = PVDLoss(small_cfg(alpha_p=0.0, alpha_v=0.0), SHAPE, 50.0, CLASS_WEIGHTS)(
+        as_features(student), as_features(teacher), batch, torch.Generator().manual_seed(3))
+    assert probs["aff_p"].item() > 0.01
+    assert probs["aff_p"].item() == pytest.approx(paper["aff_p"].item(), rel=1e-5)
+    assert probs["aff_v"].item() == pytest.approx(paper["aff_v"].item(), abs=1e-7)
+    probs["pvd"].backward()
+    assert float(student.point_logits.grad.abs().sum()) > 0  # the student learns through its logits
+    assert student.point_features.grad is None and teacher.point_logits.grad is None
+
+
 def test_affinity_loss_hand_computed_values():
     # Group 1: student rows orthogonal (A_s = I), teacher rows equal (A_t = 1): two off-diagonal
     # errors of 1, ||.||_F^2 / N^2 = 2 / 4. Group 2: student cos = 1/sqrt2, teacher cos = -1:

@@ -47,16 +47,17 @@ from std_msgs.msg import Header  # noqa: E402
 
 from conftest import save_tiny_checkpoint  # noqa: E402
 from pvd_ros.cloud_codec import make_cloud  # noqa: E402
+from pvd_ros.dds_settings import node_environment  # noqa: E402
 
 pytestmark = [pytest.mark.dds, pytest.mark.subprocess]  # slow tier (markers in setup.cfg)
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "segment.yaml"
-# The nodes run with the participant profile that launch/segment.launch.py gives them; the driver
-# (this process) keeps Fast DDS's default transports, as a LiDAR driver does. Without the profile a
-# node got no cloud for 60 s in one CI run; the likely cause (not reproduced): 128 kB best-effort
-# samples through the driver's 512 KiB default shared-memory segment, for up to a dozen nodes at 10 Hz.
-DDS_PROFILE = REPO / "config" / "fastdds_large_clouds.xml"
+# The nodes run with the participant profile that launch/segment.launch.py gives them
+# (pvd_ros.dds_settings.node_environment, as pvd_bag replay uses); the driver (this process) keeps
+# Fast DDS's default transports, as a LiDAR driver does. Without the profile a node got no cloud for
+# 60 s in one CI run; the likely cause (not reproduced): 128 kB best-effort samples through the
+# driver's 512 KiB default shared-memory segment, for up to a dozen nodes at 10 Hz.
 INT, TERM = signal.SIGINT, signal.SIGTERM
 # What an unclean exit leaves in the log (Python, libstdc++, glibc, faulthandler).
 UNCLEAN = re.compile(r"Traceback|KeyboardInterrupt|terminate called|Fatal Python error|Segmentation fault"
@@ -325,7 +326,8 @@ def _signal_and_judge(procs: list[NodeProcess]) -> list[str]:
 
 def test_signals_while_busy_idle_or_loading_always_end_in_a_clean_exit(driver, forkserver, ros_env, tmp_path):
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny.pt")
-    env = dict(os.environ, **ros_env, FASTDDS_DEFAULT_PROFILES_FILE=str(DDS_PROFILE))
+    env = dict(os.environ, **ros_env)
+    env.update(node_environment(env))
     assert sum(c.state == "busy" for c in CASES) >= 20
     failures: list[str] = []
     started: list[NodeProcess] = []

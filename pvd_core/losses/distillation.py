@@ -64,6 +64,18 @@ def kl_row_weights(cfg: DistillConfig, teacher_logits: torch.Tensor,
     return None
 
 
+def affinity_rows(cfg: DistillConfig, output: SegOutput, level: str) -> torch.Tensor:
+    """The rows whose cosine affinities a term compares (``distill.affinity_source``).
+
+    'features': the paper's choice, the penultimate point-head activations or the last decoder
+    features. 'probabilities': softmax(logits / T), so two rows are alike when the model gives
+    them the same classes: structure in the output space, the one both models share.
+    """
+    if cfg.affinity_source == "probabilities":
+        return F.softmax(getattr(output, f"{level}_logits").float() / cfg.temperature, dim=1)
+    return getattr(output, f"{level}_features")
+
+
 def cosine_affinity(features: torch.Tensor) -> torch.Tensor:
     """A[i, j] = cos(f_i, f_j) for the rows of ``features`` (N, D)."""
     unit = F.normalize(features.float(), dim=1, eps=1e-8)
@@ -196,12 +208,12 @@ class PVDLoss:
                 self.last_supervoxels = chosen
                 if chosen.numel() > 0 and cfg.beta_p > 0:
                     groups = draw_members(point_sv, chosen, cfg.points_per_supervoxel, generator)
-                    aff_p = affinity_loss([student.point_features[g] for g in groups],
-                                          [teacher.point_features.detach()[g] for g in groups])
+                    s_rows, t_rows = affinity_rows(cfg, student, "point"), affinity_rows(cfg, teacher, "point")
+                    aff_p = affinity_loss([s_rows[g] for g in groups], [t_rows.detach()[g] for g in groups])
                 if chosen.numel() > 0 and cfg.beta_v > 0:
                     groups = draw_members(voxel_sv, chosen, cfg.voxels_per_supervoxel, generator)
-                    aff_v = affinity_loss([student.voxel_features[g] for g in groups],
-                                          [teacher.voxel_features.detach()[g] for g in groups])
+                    s_rows, t_rows = affinity_rows(cfg, student, "voxel"), affinity_rows(cfg, teacher, "voxel")
+                    aff_v = affinity_loss([s_rows[g] for g in groups], [t_rows.detach()[g] for g in groups])
         out_p, out_v = zero, zero
         if cfg.alpha_p > 0:
             out_p = kl_distillation(student.point_logits, teacher.point_logits, cfg.temperature,
