@@ -19,8 +19,24 @@ from pvd_core.config import GridConfig
 POINT_FEATURE_DIM = 9
 
 
+class PointVoxelCounts:
+    """``num_points`` / ``num_voxels`` of anything with ``point_features`` and ``voxel_coords`` rows
+    (a scan's numpy arrays or a batch's tensors)."""
+
+    point_features: "np.ndarray | torch.Tensor"
+    voxel_coords: "np.ndarray | torch.Tensor"
+
+    @property
+    def num_points(self) -> int:
+        return int(self.point_features.shape[0])
+
+    @property
+    def num_voxels(self) -> int:
+        return int(self.voxel_coords.shape[0])
+
+
 @dataclass
-class VoxelizedScan:
+class VoxelizedScan(PointVoxelCounts):
     """One scan on the cylindrical grid.
 
     ``kept`` selects the input rows that reach the network (finite, and inside the volume
@@ -38,14 +54,6 @@ class VoxelizedScan:
     def grid_index(self) -> np.ndarray:
         """(M, 3) int32 (rho, phi, z) cell of each kept point (derived: the hot path never needs it)."""
         return self.voxel_coords[self.point_to_voxel]
-
-    @property
-    def num_points(self) -> int:
-        return int(self.point_features.shape[0])
-
-    @property
-    def num_voxels(self) -> int:
-        return int(self.voxel_coords.shape[0])
 
 
 class CylindricalVoxelizer:

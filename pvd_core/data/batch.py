@@ -13,11 +13,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from pvd_core.voxelizer import VoxelizedScan
+from pvd_core.voxelizer import PointVoxelCounts, VoxelizedScan
 
 
 @dataclass
-class Batch:
+class Batch(PointVoxelCounts):
     point_features: torch.Tensor  # (P, 9) float32
     point_batch: torch.Tensor  # (P,) int64 scan index of each point
     point_to_voxel: torch.Tensor  # (P,) int64 row in voxel_coords
@@ -37,14 +37,6 @@ class Batch:
             value = getattr(self, f.name)
             moved[f.name] = value.to(device, non_blocking=True) if torch.is_tensor(value) else value
         return Batch(**moved)
-
-    @property
-    def num_points(self) -> int:
-        return int(self.point_features.shape[0])
-
-    @property
-    def num_voxels(self) -> int:
-        return int(self.voxel_coords.shape[0])
 
 
 def collate_scans(scans: Sequence[VoxelizedScan], spatial_shape: Sequence[int]) -> Batch:
