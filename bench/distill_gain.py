@@ -328,8 +328,8 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
                                 "baseline_mean": round(float(np.mean([p["baseline"]["iou"][c] for p in pairs])), 3),
                                 "pvd_mean": round(float(np.mean([p["pvd"]["iou"][c] for p in pairs])), 3)}
                             for c in doc["classes"]}
-        doc["teacher_beats_baseline_on_every_class"] = all(
-            v["teacher"] > v["baseline_mean"] for v in doc["per_class"].values())
+        doc["teacher_not_ahead_on"] = [c for c, v in doc["per_class"].items() if v["teacher"] <= v["baseline_mean"]]
+        doc["teacher_beats_baseline_on_every_class"] = not doc["teacher_not_ahead_on"]
         # Does PVD gain where the teacher knows more? Pearson r over classes of (teacher - baseline)
         # and (PVD - baseline), per-class means over the pairs (the review found it negative).
         advantage = [v["teacher"] - v["baseline_mean"] for v in doc["per_class"].values()]
@@ -380,6 +380,10 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
                   "| class | teacher | baseline | PVD | PVD - baseline |", "|---|---|---|---|---|"]
         lines += [f"| {c} | {v['teacher']:.1f} | {v['baseline_mean']:.1f} | {v['pvd_mean']:.1f} | "
                   f"{v['pvd_mean'] - v['baseline_mean']:+.1f} |" for c, v in doc["per_class"].items()]
+        behind = doc.get("teacher_not_ahead_on") or []
+        lines += ["", "The teacher is ahead of the mean baseline on every class." if not behind else
+                  f"The teacher is not ahead of the mean baseline on {len(behind)} of {len(doc['per_class'])} "
+                  f"classes: {', '.join(behind)}."]
     curves = doc.get("loss_curves_seg", {})
     if curves:
         lines += ["", "Segmentation loss, mean over each quarter of the run (flat last quarters = converged):", "",
