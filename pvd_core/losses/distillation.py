@@ -64,16 +64,16 @@ def kl_row_weights(cfg: DistillConfig, teacher_logits: torch.Tensor,
     return None
 
 
-def affinity_rows(cfg: DistillConfig, output: SegOutput, level: str) -> torch.Tensor:
-    """The rows whose cosine affinities a term compares (``distill.affinity_source``).
+def affinity_rows(cfg: DistillConfig, output: SegOutput, level: str, rows: torch.Tensor) -> torch.Tensor:
+    """The ``rows`` whose cosine affinities a term compares (``distill.affinity_source``).
 
     'features': the paper's choice, the penultimate point-head activations or the last decoder
     features. 'probabilities': softmax(logits / T), so two rows are alike when the model gives
     them the same classes: structure in the output space, the one both models share.
     """
-    if cfg.affinity_source == "probabilities":
-        return F.softmax(getattr(output, f"{level}_logits").float() / cfg.temperature, dim=1)
-    return getattr(output, f"{level}_features")
+    if cfg.affinity_source == "probabilities":  # only the drawn rows, never the whole scan
+        return F.softmax(getattr(output, f"{level}_logits")[rows].float() / cfg.temperature, dim=1)
+    return getattr(output, f"{level}_features")[rows]
 
 
 def cosine_affinity(features: torch.Tensor) -> torch.Tensor:
@@ -183,6 +183,10 @@ class PVDLoss:
         labelled = batch.point_labelled.to(predicted.device)
         return torch.where(labelled, batch.point_labels.to(predicted.device), predicted)
 
+    def _affinity(self, student: SegOutput, teacher: SegOutput, level: str, groups: list[torch.Tensor]) -> torch.Tensor:
+        return affinity_loss([affinity_rows(self.cfg, student, level, g) for g in groups],
+                             [affinity_rows(self.cfg, teacher, level, g).detach() for g in groups])
+
     def __call__(self, student: SegOutput, teacher: SegOutput, batch: Batch,
                  generator: torch.Generator) -> dict[str, torch.Tensor]:
         self._check_aligned(student, teacher, batch)
@@ -208,12 +212,10 @@ class PVDLoss:
                 self.last_supervoxels = chosen
                 if chosen.numel() > 0 and cfg.beta_p > 0:
                     groups = draw_members(point_sv, chosen, cfg.points_per_supervoxel, generator)
-                    s_rows, t_rows = affinity_rows(cfg, student, "point"), affinity_rows(cfg, teacher, "point")
-                    aff_p = affinity_loss([s_rows[g] for g in groups], [t_rows.detach()[g] for g in groups])
+                    aff_p = self._affinity(student, teacher, "point", groups)
                 if chosen.numel() > 0 and cfg.beta_v > 0:
                     groups = draw_members(voxel_sv, chosen, cfg.voxels_per_supervoxel, generator)
-                    s_rows, t_rows = affinity_rows(cfg, student, "voxel"), affinity_rows(cfg, teacher, "voxel")
-                    aff_v = affinity_loss([s_rows[g] for g in groups], [t_rows.detach()[g] for g in groups])
+                    aff_v = self._affinity(student, teacher, "voxel", groups)
         out_p, out_v = zero, zero
         if cfg.alpha_p > 0:
             out_p = kl_distillation(student.point_logits, teacher.point_logits, cfg.temperature,
