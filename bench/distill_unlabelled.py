@@ -19,7 +19,8 @@ rosbag2 and ``pvd_bag export`` turns the bag back into scans (labels not exporte
 last checkpoint on sequence 08, every point. Caveat written to the results: the real teacher was
 trained on all 50 labelled scans, so it has seen the labels of the "unlabelled" half.
 
-One result file per pair (``OUT/unlabelled_pairs/pair_<seed>.json``, ``REAL_OUT/pairs/pair_<seed>.json``),
+One result file per pair (``OUT/unlabelled_pairs/pair_<seed>.json``, ``OUT/unlabelled_pairs_r<ratio>/...`` at a
+ratio other than 1, ``REAL_OUT/pairs/pair_<seed>.json``),
 so the benchmark continues across sessions; runs that exist are reused (and resumed from last.pt).
 Results: bench/results/distill_unlabelled.{json,md}. Command of the committed results: in the JSON.
 """
@@ -62,16 +63,26 @@ def make_unlabelled_towns(root: Path, args: argparse.Namespace, log: Path) -> li
     return seqs
 
 
+def ratio_tag(args: argparse.Namespace) -> str:
+    """Run and pair-folder suffix of the unlabelled arm: none at the default ratio 1 (the committed runs'
+    names), ``_r<ratio>`` otherwise, so arms at different ratios never share a run folder."""
+    return "" if args.unlabelled_ratio == 1.0 else f"_r{args.unlabelled_ratio:g}"
+
+
+def synthetic_seeds(args: argparse.Namespace) -> range:
+    return range(args.first_seed, args.first_seed + args.pairs)
+
+
 def synthetic_pair(gain_out: Path, unl_root: Path, args: argparse.Namespace, scorer: "dg.Scorer",
                    seed: int) -> dict[str, Any]:
-    path = gain_out / "unlabelled_pairs" / f"pair_{seed}.json"
+    path = gain_out / f"unlabelled_pairs{ratio_tag(args)}" / f"pair_{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
     data = gain_out / "data"
     teacher = gain_out / "runs" / "teacher" / "ema.pt"
     cfg = dg.write_config(gain_out, f"pvd_s{seed}", "synthetic_distill.yaml", args, seed, {})
     labelled = dg.train(gain_out, data, f"pvd_s{seed}", cfg, args.steps, teacher)
-    unlabelled = dg.train(gain_out, data, f"unl_s{seed}", cfg, args.steps, teacher,
+    unlabelled = dg.train(gain_out, data, f"unl{ratio_tag(args)}_s{seed}", cfg, args.steps, teacher,
                           ("--unlabelled", str(unl_root), "--unlabelled-ratio", str(args.unlabelled_ratio)))
     doc: dict[str, Any] = {"seed": seed}
     mats = {}
@@ -101,9 +112,9 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
     unl_root = gain_out / "data_unl"
     seqs = make_unlabelled_towns(unl_root, args, gain_out / "logs" / "synth_unlabelled.log")
     scorer = dg.Scorer(teacher, gain_out / "data", args)
-    pairs = [synthetic_pair(gain_out, unl_root, args, scorer, s) for s in range(args.pairs)]
+    pairs = [synthetic_pair(gain_out, unl_root, args, scorer, s) for s in synthetic_seeds(args)]
     t = paired_t([p["labelled"]["miou"] for p in pairs], [p["unlabelled"]["miou"] for p in pairs])
-    npz = [np.load(gain_out / "unlabelled_pairs" / f"pair_{p['seed']}.npz") for p in pairs]
+    npz = [np.load(gain_out / f"unlabelled_pairs{ratio_tag(args)}" / f"pair_{p['seed']}.npz") for p in pairs]
     names = scorer.teacher.label_map.class_names
     return {
         "pairs": [{"seed": p["seed"], "labelled": p["labelled"]["miou"], "unlabelled": p["unlabelled"]["miou"]}
@@ -123,6 +134,7 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
                    "unlabelled": f"{len(seqs)} towns x {args.scans} scans, labels deleted (sequences "
                                  f"{seqs[0]}-{seqs[-1]})",
                    "unlabelled_ratio": args.unlabelled_ratio, "steps": args.steps,
+                   "seeds": [p["seed"] for p in pairs],
                    "scoring": f"EMA of weights (train.ema_decay {args.ema_decay}) on "
                               f"{len(scorer.files)} scans of {args.val_towns} unseen towns"},
     }
@@ -237,7 +249,10 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
         if not res:
             continue
         lo, hi = res["gain_ci95"]
-        lines += [f"## {part}", "", f"Labelled: {res['design']['labelled']}. Unlabelled: "
+        lines += [f"## {part}", ""]
+        if res.get("command", doc["command"]) != doc["command"]:
+            lines += [f"Command of this part: `{res['command']}`", ""]
+        lines += [f"Labelled: {res['design']['labelled']}. Unlabelled: "
                   f"{res['design']['unlabelled']}. Scoring: {res['design']['scoring']}; mIoU over "
                   f"{len(res['classes'])} classes present in the ground truth.", "",
                   "| seed | PVD, labelled only | PVD + unlabelled | gain |", "|---|---|---|---|"]
@@ -255,6 +270,17 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def kept_part(results: Path, skip: str | None) -> dict[str, Any]:
+    """The part that ``--skip`` leaves out, as ``results`` already holds it (with the command that made it),
+    so re-measuring one part never drops the other's committed figures."""
+    if skip is None or not results.is_file():
+        return {}
+    old = json.loads(results.read_text())
+    if skip not in old:
+        return {}
+    return {skip: dict(old[skip], command=old[skip].get("command", old.get("command")))}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gain-out", type=Path, default=Path("/tmp/distill_gain"),
@@ -270,6 +296,8 @@ def main() -> int:
     ap.add_argument("--unlabelled-ratio", type=float, default=1.0,
                     help="distill.unlabelled_ratio of the unlabelled arm")
     ap.add_argument("--pairs", type=int, default=5, help="synthetic seed pairs")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seed of the first synthetic pair (fresh seeds confirm a setting chosen on others)")
     ap.add_argument("--real-out", type=Path, default=Path("/tmp/distill_unlabelled_real"))
     ap.add_argument("--kitti", type=Path, default=REPO.parent / "shared" / "data" / "semantickitti",
                     help="SemanticKITTI root with sequences 00-10 (the 60-scan sample of docs/data.md)")
@@ -277,20 +305,22 @@ def main() -> int:
     ap.add_argument("--init-from", type=Path, help="student start (the synthetic pre-trained student)")
     ap.add_argument("--real-steps", type=int, default=100)
     ap.add_argument("--real-pairs", type=int, default=3)
-    ap.add_argument("--skip", choices=("synthetic", "real"), help="leave one part out")
+    ap.add_argument("--skip", choices=("synthetic", "real"),
+                    help="leave one part out (its figures already in --results are kept, with their command)")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    doc: dict[str, Any] = {}
+    command = "python " + shlex.join(["bench/distill_unlabelled.py"] + sys.argv[1:])
+    doc = kept_part(args.results, args.skip)
     if args.skip != "synthetic":
-        doc["synthetic"] = synthetic_part(args)
+        doc["synthetic"] = dict(synthetic_part(args), command=command)
     if args.skip != "real":
         if args.real_teacher is None or args.init_from is None:
             ap.error("the real part needs --real-teacher and --init-from (or --skip real)")
-        doc["real"] = real_part(args)
-    doc["command"] = "python " + shlex.join(["bench/distill_unlabelled.py"] + sys.argv[1:])
+        doc["real"] = dict(real_part(args), command=command)
+    doc["command"] = command
     doc = json.loads(json.dumps(doc, default=float).replace("NaN", "null"))
     dg.write_json(args.results, doc)
     write_markdown(doc, args.results.with_suffix(".md"))
