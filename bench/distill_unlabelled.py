@@ -141,16 +141,19 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def vs_supervised_baseline(gain_out: Path, pairs: list[dict[str, Any]]) -> dict[str, Any]:
-    """PVD + unlabelled against distill_gain's supervised baseline of the same seeds (paired-t)."""
+    """PVD + unlabelled against distill_gain's supervised baseline of the same seeds (paired-t), over the
+    seeds distill_gain has scored (named in ``seeds``); empty when there are fewer than two."""
     from pvd_core.paired_stats import paired_t
 
-    files = [gain_out / "pairs" / f"pair_{p['seed']}.json" for p in pairs]
-    if not all(f.is_file() for f in files):
+    scored = [(p, gain_out / "pairs" / f"pair_{p['seed']}.json") for p in pairs]
+    scored = [(p, f) for p, f in scored if f.is_file()]
+    if len(scored) < 2:
         return {}
-    base = [json.loads(f.read_text())["baseline"]["miou"] for f in files]
-    t = paired_t(base, [p["unlabelled"]["miou"] for p in pairs])
-    return {"baseline_mean": round(float(np.mean(base)), 4),
-            "unlabelled_mean": round(float(np.mean([p["unlabelled"]["miou"] for p in pairs])), 4),
+    base = [json.loads(f.read_text())["baseline"]["miou"] for _, f in scored]
+    unl = [p["unlabelled"]["miou"] for p, _ in scored]
+    t = paired_t(base, unl)
+    return {"seeds": [p["seed"] for p, _ in scored], "baseline_mean": round(float(np.mean(base)), 4),
+            "unlabelled_mean": round(float(np.mean(unl)), 4),
             "gain_mean": round(t.mean, 4), "gain_ci95": [round(x, 4) for x in t.ci95], "p_value": t.p_value}
 
 
@@ -262,7 +265,8 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
                   f"[{_num(lo)}, {_num(hi)}], p = {_num(res['p_value'], '.3g')} ({len(res['pairs'])} pairs).", ""]
         vb = res.get("vs_baseline")
         if vb:
-            lines += [f"Against the supervised baseline of the same seeds: {vb['unlabelled_mean']:.2f} vs "
+            lines += [f"Against the supervised baseline of the same seeds ({len(vb['seeds'])} pairs, seeds "
+                      f"{', '.join(map(str, vb['seeds']))}): {vb['unlabelled_mean']:.2f} vs "
                       f"{vb['baseline_mean']:.2f}, gain {_num(vb['gain_mean'], '+.2f')}, 95 % CI "
                       f"[{_num(vb['gain_ci95'][0])}, {_num(vb['gain_ci95'][1])}].", ""]
         if "caveat" in res["design"]:
