@@ -120,6 +120,7 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
         "pairs": [{"seed": p["seed"], "labelled": p["labelled"]["miou"], "unlabelled": p["unlabelled"]["miou"]}
                   for p in pairs],
         "vs_baseline": vs_supervised_baseline(gain_out, pairs),
+        "vs_ratio_1": vs_ratio_1(gain_out, pairs) if ratio_tag(args) else {},
         "gain_mean": round(t.mean, 4), "gain_ci95": [round(x, 4) for x in t.ci95], "p_value": t.p_value,
         "gain_bootstrap_ci95_over_scans": [round(x, 4) for x in bootstrap_gain_ci(
             [z["labelled"] for z in npz], [z["unlabelled"] for z in npz], scorer.classes, seed=0)],
@@ -138,6 +139,20 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
                    "scoring": f"EMA of weights (train.ema_decay {args.ema_decay}) on "
                               f"{len(scorer.files)} scans of {args.val_towns} unseen towns"},
     }
+
+
+def vs_ratio_1(gain_out: Path, pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """This ratio's unlabelled arm against the ratio-1 arm of the same seeds (paired-t), where every seed
+    has a ratio-1 pair file; empty otherwise."""
+    from pvd_core.paired_stats import paired_t
+
+    files = [gain_out / "unlabelled_pairs" / f"pair_{p['seed']}.json" for p in pairs]
+    if len(pairs) < 2 or not all(f.is_file() for f in files):
+        return {}
+    ratio_1 = [json.loads(f.read_text())["unlabelled"]["miou"] for f in files]
+    t = paired_t(ratio_1, [p["unlabelled"]["miou"] for p in pairs])
+    return {"ratio_1_mean": round(float(np.mean(ratio_1)), 4), "gain_mean": round(t.mean, 4),
+            "gain_ci95": [round(x, 4) for x in t.ci95], "p_value": t.p_value}
 
 
 def vs_supervised_baseline(gain_out: Path, pairs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -269,6 +284,11 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
                       f"{', '.join(map(str, vb['seeds']))}): {vb['unlabelled_mean']:.2f} vs "
                       f"{vb['baseline_mean']:.2f}, gain {_num(vb['gain_mean'], '+.2f')}, 95 % CI "
                       f"[{_num(vb['gain_ci95'][0])}, {_num(vb['gain_ci95'][1])}].", ""]
+        vr = res.get("vs_ratio_1")
+        if vr:
+            lines += [f"Against unlabelled ratio 1 on the same seeds: gain {_num(vr['gain_mean'], '+.2f')}, 95 % CI "
+                      f"[{_num(vr['gain_ci95'][0])}, {_num(vr['gain_ci95'][1])}], p = {_num(vr['p_value'], '.3g')}.",
+                      ""]
         if "caveat" in res["design"]:
             lines += [f"Caveat: {res['design']['caveat']}.", ""]
     path.write_text("\n".join(lines) + "\n")
