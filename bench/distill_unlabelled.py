@@ -69,8 +69,12 @@ def ratio_tag(args: argparse.Namespace) -> str:
     return "" if args.unlabelled_ratio == 1.0 else f"_r{args.unlabelled_ratio:g}"
 
 
-def synthetic_seeds(args: argparse.Namespace) -> range:
-    return range(args.first_seed, args.first_seed + args.pairs)
+def paired_gain(reference: list[float], arm: list[float]) -> dict[str, Any]:
+    """The paired-t fields every comparison here writes: mean gain of ``arm`` over ``reference``, CI, p."""
+    from pvd_core.paired_stats import paired_t
+
+    t = paired_t(reference, arm)
+    return {"gain_mean": round(t.mean, 4), "gain_ci95": [round(x, 4) for x in t.ci95], "p_value": t.p_value}
 
 
 def synthetic_pair(gain_out: Path, unl_root: Path, args: argparse.Namespace, scorer: "dg.Scorer",
@@ -102,7 +106,7 @@ def synthetic_pair(gain_out: Path, unl_root: Path, args: argparse.Namespace, sco
 
 
 def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
-    from pvd_core.paired_stats import bootstrap_gain_ci, paired_t
+    from pvd_core.paired_stats import bootstrap_gain_ci
 
     gain_out = args.gain_out.resolve()
     teacher = gain_out / "runs" / "teacher" / "ema.pt"
@@ -112,8 +116,8 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
     unl_root = gain_out / "data_unl"
     seqs = make_unlabelled_towns(unl_root, args, gain_out / "logs" / "synth_unlabelled.log")
     scorer = dg.Scorer(teacher, gain_out / "data", args)
-    pairs = [synthetic_pair(gain_out, unl_root, args, scorer, s) for s in synthetic_seeds(args)]
-    t = paired_t([p["labelled"]["miou"] for p in pairs], [p["unlabelled"]["miou"] for p in pairs])
+    seeds = range(args.first_seed, args.first_seed + args.pairs)
+    pairs = [synthetic_pair(gain_out, unl_root, args, scorer, s) for s in seeds]
     npz = [np.load(gain_out / f"unlabelled_pairs{ratio_tag(args)}" / f"pair_{p['seed']}.npz") for p in pairs]
     names = scorer.teacher.label_map.class_names
     return {
@@ -121,7 +125,7 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
                   for p in pairs],
         "vs_baseline": vs_supervised_baseline(gain_out, pairs),
         "vs_ratio_1": vs_ratio_1(gain_out, pairs) if ratio_tag(args) else {},
-        "gain_mean": round(t.mean, 4), "gain_ci95": [round(x, 4) for x in t.ci95], "p_value": t.p_value,
+        **paired_gain([p["labelled"]["miou"] for p in pairs], [p["unlabelled"]["miou"] for p in pairs]),
         "gain_bootstrap_ci95_over_scans": [round(x, 4) for x in bootstrap_gain_ci(
             [z["labelled"] for z in npz], [z["unlabelled"] for z in npz], scorer.classes, seed=0)],
         "teacher": scorer.miou(scorer.teacher_matrices),
@@ -144,21 +148,18 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
 def vs_ratio_1(gain_out: Path, pairs: list[dict[str, Any]]) -> dict[str, Any]:
     """This ratio's unlabelled arm against the ratio-1 arm of the same seeds (paired-t), where every seed
     has a ratio-1 pair file; empty otherwise."""
-    from pvd_core.paired_stats import paired_t
 
     files = [gain_out / "unlabelled_pairs" / f"pair_{p['seed']}.json" for p in pairs]
     if len(pairs) < 2 or not all(f.is_file() for f in files):
         return {}
     ratio_1 = [json.loads(f.read_text())["unlabelled"]["miou"] for f in files]
-    t = paired_t(ratio_1, [p["unlabelled"]["miou"] for p in pairs])
-    return {"ratio_1_mean": round(float(np.mean(ratio_1)), 4), "gain_mean": round(t.mean, 4),
-            "gain_ci95": [round(x, 4) for x in t.ci95], "p_value": t.p_value}
+    return {"ratio_1_mean": round(float(np.mean(ratio_1)), 4),
+            **paired_gain(ratio_1, [p["unlabelled"]["miou"] for p in pairs])}
 
 
 def vs_supervised_baseline(gain_out: Path, pairs: list[dict[str, Any]]) -> dict[str, Any]:
     """PVD + unlabelled against distill_gain's supervised baseline of the same seeds (paired-t), over the
     seeds distill_gain has scored (named in ``seeds``); empty when there are fewer than two."""
-    from pvd_core.paired_stats import paired_t
 
     scored = [(p, gain_out / "pairs" / f"pair_{p['seed']}.json") for p in pairs]
     scored = [(p, f) for p, f in scored if f.is_file()]
@@ -166,10 +167,8 @@ def vs_supervised_baseline(gain_out: Path, pairs: list[dict[str, Any]]) -> dict[
         return {}
     base = [json.loads(f.read_text())["baseline"]["miou"] for _, f in scored]
     unl = [p["unlabelled"]["miou"] for p, _ in scored]
-    t = paired_t(base, unl)
     return {"seeds": [p["seed"] for p, _ in scored], "baseline_mean": round(float(np.mean(base)), 4),
-            "unlabelled_mean": round(float(np.mean(unl)), 4),
-            "gain_mean": round(t.mean, 4), "gain_ci95": [round(x, 4) for x in t.ci95], "p_value": t.p_value}
+            "unlabelled_mean": round(float(np.mean(unl)), 4), **paired_gain(base, unl)}
 
 
 # ------------------------------------------------------------------------------------ real
@@ -218,8 +217,6 @@ def real_run(out: Path, name: str, cfg: Path, args: argparse.Namespace, seed: in
 def real_part(args: argparse.Namespace) -> dict[str, Any]:
     import kitti_real
 
-    from pvd_core.paired_stats import paired_t
-
     out = args.real_out.resolve()
     unl = real_unlabelled_scans(out, args.kitti, out / "logs" / "bags.log")
     cfg = real_config(out, args.real_steps)
@@ -235,11 +232,10 @@ def real_part(args: argparse.Namespace) -> dict[str, Any]:
         pairs.append(json.loads(path.read_text()))
         dg.say(f"real seed {seed}: labelled {pairs[-1]['labelled']['miou']:.2f}, "
                f"+unlabelled {pairs[-1]['unlabelled']['miou']:.2f}")
-    t = paired_t([p["labelled"]["miou"] for p in pairs], [p["unlabelled"]["miou"] for p in pairs])
     return {
         "pairs": [{"seed": p["seed"], "labelled": p["labelled"]["miou"], "unlabelled": p["unlabelled"]["miou"]}
                   for p in pairs],
-        "gain_mean": round(t.mean, 4), "gain_ci95": [round(x, 4) for x in t.ci95], "p_value": t.p_value,
+        **paired_gain([p["labelled"]["miou"] for p in pairs], [p["unlabelled"]["miou"] for p in pairs]),
         "classes": pairs[0]["labelled"]["classes"] if pairs else [],
         "per_class": {c: {arm: round(float(np.mean([p[arm]["per_class"][c] for p in pairs])), 3)
                           for arm in ("labelled", "unlabelled")} for c in (pairs[0]["labelled"]["classes"]
