@@ -244,9 +244,13 @@ class Scorer:
                               per_scan=True).scan_matrices
 
     def miou(self, matrices: np.ndarray) -> float:
+        return round(self.miou_over(matrices, self.classes), 4)
+
+    @staticmethod
+    def miou_over(matrices: np.ndarray, classes: list[int]) -> float:
         from pvd_core.metrics import compute_iou
 
-        return round(100.0 * compute_iou(matrices.sum(axis=0), self.classes).miou, 4)
+        return 100.0 * compute_iou(matrices.sum(axis=0), classes).miou
 
     def iou(self, matrices: np.ndarray) -> dict[str, float]:
         from pvd_core.metrics import compute_iou
@@ -294,6 +298,28 @@ def run_pair(out: Path, data: Path, args: argparse.Namespace, scorer: Scorer, te
     return doc
 
 
+def teacher_ahead_gain(scorer: Scorer, doc: dict[str, Any], npz: list) -> dict[str, Any]:
+    """PVD's paired gain in mIoU over only the classes where the teacher beats the mean baseline.
+
+    Where the teacher knows no more than the baseline there is nothing to distil, so a teacher that
+    is not ahead on every class dilutes the comparison. This class list is fixed by the teacher and
+    the baselines, never by the PVD runs it scores.
+    """
+    from pvd_core.metrics import compute_iou
+    from pvd_core.paired_stats import paired_t
+
+    names = scorer.teacher.label_map.class_names
+    ahead = [c for c in scorer.classes if names[c] not in doc["teacher_not_ahead_on"]]
+    if not ahead:
+        return {}
+    arm = {a: [100.0 * compute_iou(z[a].sum(axis=0), ahead).miou for z in npz] for a in ("baseline", "pvd")}
+    t = paired_t(arm["baseline"], arm["pvd"])
+    return {"classes": [names[c] for c in ahead], "teacher": round(scorer.miou_over(scorer.teacher_matrices, ahead), 4),
+            "baseline_mean": round(float(np.mean(arm["baseline"])), 4),
+            "pvd_mean": round(float(np.mean(arm["pvd"])), 4), "gain_mean": round(t.mean, 4),
+            "gain_ci95": [round(x, 4) for x in t.ci95], "p_value": t.p_value}
+
+
 def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict[str, Any], pairs: list[dict],
               ablations: dict[str, list[dict]], data_info: dict, macs: dict, command: str,
               stopped: Optional[str]) -> dict[str, Any]:
@@ -335,6 +361,7 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
         advantage = [v["teacher"] - v["baseline_mean"] for v in doc["per_class"].values()]
         gain = [v["pvd_mean"] - v["baseline_mean"] for v in doc["per_class"].values()]
         doc["per_class_gain_vs_teacher_advantage_r"] = round(float(np.corrcoef(advantage, gain)[0, 1]), 3)
+        doc["on_teacher_ahead_classes"] = teacher_ahead_gain(scorer, doc, npz)
     full = {p["seed"]: p["pvd"]["miou"] for p in pairs}
     baseline = {p["seed"]: p["baseline"]["miou"] for p in pairs}
     for name, runs in ablations.items():
@@ -384,6 +411,13 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
         lines += ["", "The teacher is ahead of the mean baseline on every class." if not behind else
                   f"The teacher is not ahead of the mean baseline on {len(behind)} of {len(doc['per_class'])} "
                   f"classes: {', '.join(behind)}."]
+        ahead = doc.get("on_teacher_ahead_classes") or {}
+        if behind and ahead and ahead["gain_ci95"][0] is not None:  # a CI needs two pairs
+            lo, hi = ahead["gain_ci95"]
+            lines += ["", f"Over the {len(ahead['classes'])} classes where it is ahead (a list fixed by the teacher "
+                      f"and the baselines, not by PVD): teacher {ahead['teacher']:.2f}, baseline "
+                      f"{ahead['baseline_mean']:.2f}, PVD {ahead['pvd_mean']:.2f}; PVD's gain "
+                      f"{ahead['gain_mean']:+.2f}, 95 % CI [{lo:.2f}, {hi:.2f}], p = {ahead['p_value']:.3g}."]
     curves = doc.get("loss_curves_seg", {})
     if curves:
         lines += ["", "Segmentation loss, mean over each quarter of the run (flat last quarters = converged):", "",
