@@ -22,7 +22,9 @@ trained on all 50 labelled scans, so it has seen the labels of the "unlabelled" 
 One result file per pair (``OUT/unlabelled_pairs/pair_<seed>.json``, ``OUT/unlabelled_pairs_r<ratio>/...`` at a
 ratio other than 1, ``REAL_OUT/pairs/pair_<seed>.json``),
 so the benchmark continues across sessions; runs that exist are reused (and resumed from last.pt).
-Results: bench/results/distill_unlabelled.{json,md}. Command of the committed results: in the JSON.
+Results: bench/results/distill_unlabelled.{json,md} (students as long as the teacher: ``--gain-out`` a
+distill_gain folder made with ``--steps 1000 --teacher-steps 1000``, here ``--steps 1000``), and
+bench/results/distill_unlabelled_300steps.{json,md} / _ratio2 (300-step students). Command of each: in its JSON.
 """
 from __future__ import annotations
 
