@@ -298,26 +298,30 @@ def run_pair(out: Path, data: Path, args: argparse.Namespace, scorer: Scorer, te
     return doc
 
 
-def teacher_ahead_gain(scorer: Scorer, doc: dict[str, Any], npz: list) -> dict[str, Any]:
+def paired_gain(reference: list[float], arm: list[float]) -> dict[str, Any]:
+    """The paired-t fields every comparison of these benchmarks writes: mean gain of ``arm`` over
+    ``reference``, its 95 % CI, p."""
+    from pvd_core.paired_stats import paired_t
+
+    t = paired_t(reference, arm)
+    return {"gain_mean": round(t.mean, 4), "gain_ci95": [round(x, 4) for x in t.ci95], "p_value": t.p_value}
+
+
+def teacher_ahead_gain(scorer: Scorer, behind: list[str], npz: list) -> dict[str, Any]:
     """PVD's paired gain in mIoU over only the classes where the teacher beats the mean baseline.
 
     Where the teacher knows no more than the baseline there is nothing to distil, so a teacher that
     is not ahead on every class dilutes the comparison. This class list is fixed by the teacher and
-    the baselines, never by the PVD runs it scores.
+    the baselines (``behind``: the classes where it is not ahead), never by the PVD runs it scores.
     """
-    from pvd_core.metrics import compute_iou
-    from pvd_core.paired_stats import paired_t
-
     names = scorer.teacher.label_map.class_names
-    ahead = [c for c in scorer.classes if names[c] not in doc["teacher_not_ahead_on"]]
+    ahead = [c for c in scorer.classes if names[c] not in behind]
     if not ahead:
         return {}
-    arm = {a: [100.0 * compute_iou(z[a].sum(axis=0), ahead).miou for z in npz] for a in ("baseline", "pvd")}
-    t = paired_t(arm["baseline"], arm["pvd"])
+    arm = {a: [scorer.miou_over(z[a], ahead) for z in npz] for a in ("baseline", "pvd")}
     return {"classes": [names[c] for c in ahead], "teacher": round(scorer.miou_over(scorer.teacher_matrices, ahead), 4),
             "baseline_mean": round(float(np.mean(arm["baseline"])), 4),
-            "pvd_mean": round(float(np.mean(arm["pvd"])), 4), "gain_mean": round(t.mean, 4),
-            "gain_ci95": [round(x, 4) for x in t.ci95], "p_value": t.p_value}
+            "pvd_mean": round(float(np.mean(arm["pvd"])), 4), **paired_gain(arm["baseline"], arm["pvd"])}
 
 
 def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict[str, Any], pairs: list[dict],
@@ -361,7 +365,7 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
         advantage = [v["teacher"] - v["baseline_mean"] for v in doc["per_class"].values()]
         gain = [v["pvd_mean"] - v["baseline_mean"] for v in doc["per_class"].values()]
         doc["per_class_gain_vs_teacher_advantage_r"] = round(float(np.corrcoef(advantage, gain)[0, 1]), 3)
-        doc["on_teacher_ahead_classes"] = teacher_ahead_gain(scorer, doc, npz)
+        doc["on_teacher_ahead_classes"] = teacher_ahead_gain(scorer, doc["teacher_not_ahead_on"], npz)
     full = {p["seed"]: p["pvd"]["miou"] for p in pairs}
     baseline = {p["seed"]: p["baseline"]["miou"] for p in pairs}
     for name, runs in ablations.items():

@@ -71,14 +71,6 @@ def ratio_tag(args: argparse.Namespace) -> str:
     return "" if args.unlabelled_ratio == 1.0 else f"_r{args.unlabelled_ratio:g}"
 
 
-def paired_gain(reference: list[float], arm: list[float]) -> dict[str, Any]:
-    """The paired-t fields every comparison here writes: mean gain of ``arm`` over ``reference``, CI, p."""
-    from pvd_core.paired_stats import paired_t
-
-    t = paired_t(reference, arm)
-    return {"gain_mean": round(t.mean, 4), "gain_ci95": [round(x, 4) for x in t.ci95], "p_value": t.p_value}
-
-
 def synthetic_pair(gain_out: Path, unl_root: Path, args: argparse.Namespace, scorer: "dg.Scorer",
                    seed: int) -> dict[str, Any]:
     path = gain_out / f"unlabelled_pairs{ratio_tag(args)}" / f"pair_{seed}.json"
@@ -127,7 +119,7 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
                   for p in pairs],
         "vs_baseline": vs_supervised_baseline(gain_out, pairs),
         "vs_ratio_1": vs_ratio_1(gain_out, pairs) if ratio_tag(args) else {},
-        **paired_gain([p["labelled"]["miou"] for p in pairs], [p["unlabelled"]["miou"] for p in pairs]),
+        **dg.paired_gain([p["labelled"]["miou"] for p in pairs], [p["unlabelled"]["miou"] for p in pairs]),
         "gain_bootstrap_ci95_over_scans": [round(x, 4) for x in bootstrap_gain_ci(
             [z["labelled"] for z in npz], [z["unlabelled"] for z in npz], scorer.classes, seed=0)],
         "teacher": scorer.miou(scorer.teacher_matrices),
@@ -156,7 +148,7 @@ def vs_ratio_1(gain_out: Path, pairs: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     ratio_1 = [json.loads(f.read_text())["unlabelled"]["miou"] for f in files]
     return {"ratio_1_mean": round(float(np.mean(ratio_1)), 4),
-            **paired_gain(ratio_1, [p["unlabelled"]["miou"] for p in pairs])}
+            **dg.paired_gain(ratio_1, [p["unlabelled"]["miou"] for p in pairs])}
 
 
 def vs_supervised_baseline(gain_out: Path, pairs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -170,7 +162,7 @@ def vs_supervised_baseline(gain_out: Path, pairs: list[dict[str, Any]]) -> dict[
     base = [json.loads(f.read_text())["baseline"]["miou"] for _, f in scored]
     unl = [p["unlabelled"]["miou"] for p, _ in scored]
     return {"seeds": [p["seed"] for p, _ in scored], "baseline_mean": round(float(np.mean(base)), 4),
-            "unlabelled_mean": round(float(np.mean(unl)), 4), **paired_gain(base, unl)}
+            "unlabelled_mean": round(float(np.mean(unl)), 4), **dg.paired_gain(base, unl)}
 
 
 # ------------------------------------------------------------------------------------ real
@@ -237,7 +229,7 @@ def real_part(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "pairs": [{"seed": p["seed"], "labelled": p["labelled"]["miou"], "unlabelled": p["unlabelled"]["miou"]}
                   for p in pairs],
-        **paired_gain([p["labelled"]["miou"] for p in pairs], [p["unlabelled"]["miou"] for p in pairs]),
+        **dg.paired_gain([p["labelled"]["miou"] for p in pairs], [p["unlabelled"]["miou"] for p in pairs]),
         "classes": pairs[0]["labelled"]["classes"] if pairs else [],
         "per_class": {c: {arm: round(float(np.mean([p[arm]["per_class"][c] for p in pairs])), 3)
                           for arm in ("labelled", "unlabelled")} for c in (pairs[0]["labelled"]["classes"]
