@@ -175,6 +175,12 @@ def loss_curve(run_dir: Path, key: str = "seg") -> list[Optional[float]]:
     return [round(float(np.mean(q)), 4) if len(q) else None for q in np.array_split(np.asarray(values), 4)]
 
 
+def last_quarter_fall(quarters: list[float]) -> float:
+    """Relative fall of the loss from the third to the last quarter of a run: near 0 once it has flattened
+    (under a cosine schedule it never reaches 0, the learning rate keeps shrinking the loss)."""
+    return (quarters[2] - quarters[3]) / quarters[2]
+
+
 def plot_seg_loss(out: Path, pairs: list[dict[str, Any]], path: Path) -> Optional[Path]:
     """Segmentation loss of every run against the step (as logged: the mean of each logging window),
     with the teacher's: shows whether the students' curves have flattened. None when no run folder is left."""
@@ -258,6 +264,12 @@ class Scorer:
         names = self.teacher.label_map.class_names
         res = compute_iou(matrices.sum(axis=0), self.classes)
         return {names[c]: round(100.0 * float(res.iou[c]), 3) for c in self.classes}
+
+    def support(self) -> dict[str, int]:
+        """Validation ground-truth points per scored class: a class of a few dozen points is scored on noise."""
+        names = self.teacher.label_map.class_names
+        rows = self.teacher_matrices.sum(axis=0).sum(axis=1)  # confusion rows are the ground truth
+        return {names[c]: int(rows[c]) for c in self.classes}
 
     def score(self, ckpt: Path) -> tuple[dict[str, Any], np.ndarray]:
         from pvd_core.fidelity import fidelity_on_files
@@ -354,9 +366,11 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
         npz = [np.load(out / "pairs" / f"pair_{p['seed']}.npz") for p in pairs]
         doc["gain_bootstrap_ci95_over_scans"] = [round(x, 4) for x in bootstrap_gain_ci(
             [z["baseline"] for z in npz], [z["pvd"] for z in npz], scorer.classes, seed=0)]
+        support = scorer.support()
         doc["per_class"] = {c: {"teacher": teacher["iou"][c],
                                 "baseline_mean": round(float(np.mean([p["baseline"]["iou"][c] for p in pairs])), 3),
-                                "pvd_mean": round(float(np.mean([p["pvd"]["iou"][c] for p in pairs])), 3)}
+                                "pvd_mean": round(float(np.mean([p["pvd"]["iou"][c] for p in pairs])), 3),
+                                "support": support[c]}
                             for c in doc["classes"]}
         doc["teacher_not_ahead_on"] = [c for c, v in doc["per_class"].items() if v["teacher"] <= v["baseline_mean"]]
         doc["teacher_beats_baseline_on_every_class"] = not doc["teacher_not_ahead_on"]
@@ -385,6 +399,11 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
                 "settings": {k: v for k, v in vars(args).items() if k not in ("out", "results")},
                 "student_model": STUDENT_MODEL, "loss_curves_seg": {
                     f"{arm}_s{p['seed']}": p[arm]["loss_curve_seg"] for p in pairs for arm in ("baseline", "pvd")}})
+    if pairs:
+        falls = {arm: [last_quarter_fall(p[arm]["loss_curve_seg"]) for p in pairs
+                       if len(p[arm]["loss_curve_seg"]) == 4] for arm in ("baseline", "pvd")}
+        doc["seg_loss_last_quarter_fall"] = {arm: round(float(np.mean(v)), 4) if v else None
+                                             for arm, v in falls.items()}
     return json.loads(json.dumps(doc, default=float).replace("NaN", "null"))
 
 
@@ -408,9 +427,11 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
               f"{a['vs_baseline']['ci95']} | {a['full_vs_baseline_same_seeds']} |" for n, a in doc["ablations"].items()]
     if doc.get("per_class"):
         lines += ["", "Per class IoU (means over the pairs):", "",
-                  "| class | teacher | baseline | PVD | PVD - baseline |", "|---|---|---|---|---|"]
+                  "| class | teacher | baseline | PVD | PVD - baseline | validation points |",
+                  "|---|---|---|---|---|---|"]
         lines += [f"| {c} | {v['teacher']:.1f} | {v['baseline_mean']:.1f} | {v['pvd_mean']:.1f} | "
-                  f"{v['pvd_mean'] - v['baseline_mean']:+.1f} |" for c, v in doc["per_class"].items()]
+                  f"{v['pvd_mean'] - v['baseline_mean']:+.1f} | {v.get('support', '')} |"
+                  for c, v in doc["per_class"].items()]
         behind = doc.get("teacher_not_ahead_on") or []
         lines += ["", "The teacher is ahead of the mean baseline on every class." if not behind else
                   f"The teacher is not ahead of the mean baseline on {len(behind)} of {len(doc['per_class'])} "
@@ -424,16 +445,19 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
                       f"{ahead['gain_mean']:+.2f}, 95 % CI [{lo:.2f}, {hi:.2f}], p = {ahead['p_value']:.3g}."]
     curves = doc.get("loss_curves_seg", {})
     if curves:
-        lines += ["", "Segmentation loss, mean over each quarter of the run (flat last quarters = converged):", "",
-                  "| arm | Q1 | Q2 | Q3 | Q4 |", "|---|---|---|---|---|"]
+        lines += ["", "Segmentation loss, mean over each quarter of the run (flat last quarters = converged; "
+                  "the last column is the relative fall from Q3 to Q4):", "",
+                  "| arm | Q1 | Q2 | Q3 | Q4 | Q3 to Q4 |", "|---|---|---|---|---|---|"]
         for arm in ("baseline", "pvd"):
             rows = [c for k, c in curves.items() if k.startswith(arm + "_s") and len(c) == 4]
             if rows:
-                lines.append(f"| {arm} (mean of {len(rows)}) | "
-                             + " | ".join(f"{v:.3f}" for v in np.mean(rows, axis=0)) + " |")
+                mean = np.mean(rows, axis=0)
+                lines.append(f"| {arm} (mean of {len(rows)}) | " + " | ".join(f"{v:.3f}" for v in mean)
+                             + f" | {last_quarter_fall(list(mean)):.1%} |")
         teacher_curve = doc.get("teacher_detail", {}).get("loss_curve_seg") or []
         if len(teacher_curve) == 4:
-            lines.append("| teacher | " + " | ".join(f"{v:.3f}" for v in teacher_curve) + " |")
+            lines.append("| teacher | " + " | ".join(f"{v:.3f}" for v in teacher_curve)
+                         + f" | {last_quarter_fall(teacher_curve):.1%} |")
     if doc.get("seg_loss_png"):
         lines += ["", f"![segmentation loss of every run]({Path(doc['seg_loss_png']).name})"]
     path.write_text("\n".join(lines) + "\n")
