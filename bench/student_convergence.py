@@ -24,7 +24,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
+from distill_gain import last_quarter_fall  # noqa: E402
 from pvd_core.paired_stats import paired_t  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -47,7 +49,7 @@ def design(path: Path) -> dict[str, Any]:
     falls = doc.get("seg_loss_last_quarter_fall") or {}
     if not falls:  # older files: derive it from the per-run quarter means they carry
         curves = doc.get("loss_curves_seg", {})
-        falls = {arm: round(float(np.mean([(c[2] - c[3]) / c[2] for k, c in curves.items()
+        falls = {arm: round(float(np.mean([last_quarter_fall(c) for k, c in curves.items()
                                            if k.startswith(arm + "_s") and len(c) == 4])), 4)
                  for arm in ("baseline", "pvd")}
     return {"file": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
