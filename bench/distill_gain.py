@@ -339,7 +339,7 @@ def teacher_ahead_gain(scorer: Scorer, behind: list[str], npz: list) -> dict[str
 def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict[str, Any], pairs: list[dict],
               ablations: dict[str, list[dict]], data_info: dict, macs: dict, command: str,
               stopped: Optional[str]) -> dict[str, Any]:
-    from pvd_core.paired_stats import bootstrap_gain_ci, paired_t
+    from pvd_core.paired_stats import bootstrap_gain_ci, paired_t, pairs_to_decide
 
     base = [p["baseline"]["miou"] for p in pairs]
     pvd = [p["pvd"]["miou"] for p in pairs]
@@ -360,6 +360,9 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
         "command": command,
         "decision": stopped,
         "gain_stdev": t.stdev,
+        # If undecided: the pairs the rule would need were the mean and stdev to stay as they are (planning only).
+        "pairs_to_decide_projection": None if stopped or t.n < 2 else pairs_to_decide(
+            t.mean, t.stdev, args.min_pairs, args.margin),
         "scoring": f"EMA of weights (train.ema_decay {args.ema_decay}), ema.pt at the last step",
     }
     if pairs:
@@ -415,11 +418,14 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
              "| seed | baseline | PVD | gain |", "|---|---|---|---|"]
     lines += [f"| {p['seed']} | {p['baseline']:.2f} | {p['pvd']:.2f} | {p['pvd'] - p['baseline']:+.2f} |"
               for p in doc["pairs"]]
+    needed = doc.get("pairs_to_decide_projection")
+    projection = f" (at this mean and stdev, about {needed} pairs would decide)" if needed else ""
     lines += ["", f"Teacher {doc['teacher']:.2f}. Mean gain {doc['gain_mean']} mIoU, paired-t 95 % CI "
               f"[{lo:.2f}, {hi:.2f}], p = {doc['p_value']}, bootstrap CI over scans "
               f"{doc.get('gain_bootstrap_ci95_over_scans')}, gap closed {doc['gap_closed']}; decision: "
-              f"{doc['decision']}. Fidelity (agreement / KL): {doc['fidelity']}. Per class, PVD's gain against "
-              f"the teacher's advantage over the baseline: r = {doc.get('per_class_gain_vs_teacher_advantage_r')}."]
+              f"{doc['decision']}{projection}. Fidelity (agreement / KL): {doc['fidelity']}. "
+              f"Per class, PVD's gain against the teacher's advantage over the baseline: "
+              f"r = {doc.get('per_class_gain_vs_teacher_advantage_r')}."]
     if doc["ablations"]:
         lines += ["", "| variant | pairs | mean vs full PVD | 95 % CI | vs baseline | 95 % CI "
                   "| full PVD vs baseline, same seeds |", "|---|---|---|---|---|---|---|"]

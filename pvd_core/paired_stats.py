@@ -87,6 +87,29 @@ def decision(ci95: tuple[float, float], n: int, min_pairs: int = 8, margin: floa
     return None
 
 
+def pairs_to_decide(mean: float, stdev: float, min_pairs: int = 8, margin: float = 1.5,
+                    confidence: float = 0.95, limit: int = 10_000) -> Optional[int]:
+    """Pairs at which :func:`decision` would stop *if* the mean gain and its stdev stayed as observed.
+
+    A planning figure, not a result: the next pairs will move both. It answers "is another
+    session of pairs worth it?": with a mean gain of +0.5 and a stdev of 2.9 the CI must
+    shrink to +-1.0 before it clears either bound, which takes 35 pairs; the slowest case is a
+    mean halfway between 0 and the margin. None when the inputs are undefined (fewer than 2
+    pairs), no CI width could clear either bound, or the answer exceeds ``limit``.
+    """
+    from scipy import stats
+
+    if math.isnan(mean) or math.isnan(stdev):
+        return None
+    room = max(mean, margin - mean)  # the CI half-width that clears the nearer bound
+    if room <= 0:
+        return None
+    for n in range(max(2, min_pairs), limit + 1):
+        if float(stats.t.ppf(0.5 + confidence / 2.0, df=n - 1)) * stdev / math.sqrt(n) < room:
+            return n
+    return None
+
+
 def bootstrap_gain_ci(baseline_scans: Sequence[np.ndarray], treated_scans: Sequence[np.ndarray],
                       classes: Sequence[int], n_resamples: int = 2000, seed: int = 0,
                       confidence: float = 0.95) -> tuple[float, float]:

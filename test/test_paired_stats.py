@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pvd_core.fidelity import FidelityMeter
-from pvd_core.paired_stats import bootstrap_gain_ci, decision, paired_t
+from pvd_core.paired_stats import bootstrap_gain_ci, decision, paired_t, pairs_to_decide
 
 
 def test_paired_t_hand_computed():
@@ -49,6 +49,31 @@ def _matrix(entries: dict[tuple[int, int], int]) -> np.ndarray:
     for (g, p), n in entries.items():
         m[g, p] = n
     return m
+
+
+def _pairs_with(n: int, mean: float, stdev: float) -> list[float]:
+    """n paired differences with exactly this mean and sample stdev."""
+    z = np.linspace(-1.0, 1.0, n)
+    return list(mean + stdev * z / z.std(ddof=1))
+
+
+@pytest.mark.parametrize("mean,stdev,expected", [(0.5, 2.9, 35), (0.0, 2.9, 17), (3.0, 1.0, 8)])
+def test_pairs_to_decide_is_where_the_rule_first_stops(mean, stdev, expected):
+    # Checked against the real rule, not against a second copy of its formula: samples with the
+    # projected mean and stdev are undecided one pair earlier and decided at the projection.
+    n = pairs_to_decide(mean, stdev)
+    assert n == expected
+    decided = paired_t([0.0] * n, _pairs_with(n, mean, stdev))
+    assert decision(decided.ci95, n) is not None
+    if n > 8:
+        before = paired_t([0.0] * (n - 1), _pairs_with(n - 1, mean, stdev))
+        assert decision(before.ci95, n - 1) is None
+
+
+def test_pairs_to_decide_undefined_inputs():
+    assert pairs_to_decide(float("nan"), 1.0) is None and pairs_to_decide(0.5, float("nan")) is None
+    assert pairs_to_decide(0.75, 2.9, limit=20) is None  # needs 60: beyond the limit
+    assert pairs_to_decide(0.0, 1.0, margin=0.0) is None  # lo > 0 and hi < 0 both need a zero-width CI
 
 
 def test_bootstrap_gain_ci_hand_computed():
