@@ -30,7 +30,8 @@ from distill_gain import last_quarter_fall  # noqa: E402
 from pvd_core.paired_stats import paired_t  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-DEFAULT_INPUTS = ["distill_gain.json", "distill_gain_students1000.json", "distill_gain_students2000.json"]
+DEFAULT_INPUTS = ["distill_gain.json", "distill_gain_students1000.json", "distill_gain_students2000.json",
+                  "distill_gain_students4000.json"]
 
 
 def mean_ci(values: list[float]) -> list[float]:
@@ -134,7 +135,7 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("inputs", nargs="*", type=Path, default=[RESULTS / f for f in DEFAULT_INPUTS],
-                    help="distill_gain result files, one per student length (default: 300, 1000, 2000 steps)")
+                    help="distill_gain result files, one per student length (default: 300, 1000, 2000, 4000 steps)")
     ap.add_argument("--results", type=Path, default=RESULTS / "student_convergence.json")
     args = ap.parse_args()
     missing = [str(p) for p in args.inputs if not p.is_file()]
