@@ -181,6 +181,16 @@ def last_quarter_fall(quarters: list[float]) -> float:
     return (quarters[2] - quarters[3]) / quarters[2]
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_seg_loss(out: Path, pairs: list[dict[str, Any]], path: Path) -> Optional[Path]:
     """Segmentation loss of every run against the step (as logged: the mean of each logging window),
     with the teacher's: shows whether the students' curves have flattened. None when no run folder is left."""
@@ -220,11 +230,44 @@ def plot_seg_loss(out: Path, pairs: list[dict[str, Any]], path: Path) -> Optiona
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("Are the students converged? Segmentation loss of every run")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def plot_sequential(pairs: list[dict[str, Any]], margin: float, min_pairs: int, path: Path) -> Optional[Path]:
+    """The sequential rule as a picture: every pair's gain, and the mean with its paired-t 95 % CI after
+    each pair, against the two decision bounds (0 and ``margin``). Shows at a glance how far from a
+    decision a run is and whether one pair carries it. None with fewer than two pairs."""
+    if len(pairs) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pvd_core.paired_stats import paired_t
+
+    gains = [p["pvd"] - p["baseline"] for p in pairs]
+    n = np.arange(2, len(pairs) + 1)
+    ts = [paired_t([p["baseline"] for p in pairs[:k]], [p["pvd"] for p in pairs[:k]]) for k in n]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.fill_between(n, [t.ci95[0] for t in ts], [t.ci95[1] for t in ts], color="tab:orange", alpha=0.25,
+                    label="paired-t 95 % CI of the mean gain")
+    ax.plot(n, [t.mean for t in ts], color="tab:orange", marker="o", label="mean gain after n pairs")
+    ax.scatter(np.arange(1, len(pairs) + 1), gains, color="tab:blue", zorder=3,
+               label="gain of each pair (seeds in order)")
+    ax.axhline(0.0, color="black", linewidth=1.0)
+    ax.axhline(margin, color="tab:green", linestyle="--", linewidth=1.0,
+               label=f"margin +{margin:g}: an upper bound below it decides 'no useful gain'")
+    ax.axvline(min_pairs, color="grey", linestyle=":", linewidth=1.0, label=f"min pairs ({min_pairs})")
+    # The first CIs (2-3 pairs) are tens of mIoU wide; scale to the pairs' own gains so the late ones read.
+    span = 1.5 * max(max(abs(g) for g in gains), margin)
+    ax.set_ylim(-span, span)
+    ax.set_xlabel("pairs")
+    ax.set_ylabel("PVD - baseline (mIoU)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    ax.set_title("Sequential test: decided once the CI clears 0 or falls below the margin")
+    return _save(fig, path)
 
 
 class Scorer:
@@ -410,8 +453,16 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
     return json.loads(json.dumps(doc, default=float).replace("NaN", "null"))
 
 
+def _num(x: Optional[float], spec: str) -> str:
+    """A figure for the report, or 'n/a' where the JSON holds null (too few pairs for a CI)."""
+    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+
+
+def _interval(ci: Optional[list]) -> str:
+    return "n/a" if not ci or ci[0] is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
 def write_markdown(doc: dict[str, Any], path: Path) -> None:
-    lo, hi = doc["gain_ci95"] if doc["gain_ci95"][0] is not None else (float("nan"), float("nan"))
     lines = ["# Distillation benchmark: paired seeds (synthetic data, CPU)", "", f"Command: `{doc['command']}`", "",
              f"mIoU over {len(doc['classes'])} classes present in the validation ground truth: "
              f"{', '.join(doc['classes'])}. {doc['scoring']}.", "",
@@ -420,17 +471,26 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
               for p in doc["pairs"]]
     needed = doc.get("pairs_to_decide_projection")
     projection = f" (at this mean and stdev, about {needed} pairs would decide)" if needed else ""
-    lines += ["", f"Teacher {doc['teacher']:.2f}. Mean gain {doc['gain_mean']} mIoU, paired-t 95 % CI "
-              f"[{lo:.2f}, {hi:.2f}], p = {doc['p_value']}, bootstrap CI over scans "
-              f"{doc.get('gain_bootstrap_ci95_over_scans')}, gap closed {doc['gap_closed']}; decision: "
-              f"{doc['decision']}{projection}. Fidelity (agreement / KL): {doc['fidelity']}. "
-              f"Per class, PVD's gain against the teacher's advantage over the baseline: "
-              f"r = {doc.get('per_class_gain_vs_teacher_advantage_r')}."]
+    boot = doc.get("gain_bootstrap_ci95_over_scans")
+    fid = doc.get("fidelity") or {}
+    lines += ["", f"Teacher {doc['teacher']:.2f}. Mean gain {_num(doc['gain_mean'], '+.2f')} mIoU, paired-t 95 % CI "
+              f"{_interval(doc['gain_ci95'])}, p = {_num(doc['p_value'], '.3g')}, bootstrap CI over scans "
+              f"{_interval(boot)}, gap closed {_num(doc['gap_closed'], '.2f')}; decision: "
+              f"{doc['decision'] or 'none yet'}{projection}."]
+    if fid:
+        lines += ["", "Fidelity to the teacher on validation (mean over the pairs): top-1 agreement "
+                  + ", ".join(f"{arm} {v['agreement']:.3f}" for arm, v in fid.items()) + "; KL(teacher || student) "
+                  + ", ".join(f"{arm} {v['kl']:.3f}" for arm, v in fid.items()) + ". "
+                  f"Per class, PVD's gain against the teacher's advantage over the baseline: "
+                  f"r = {_num(doc.get('per_class_gain_vs_teacher_advantage_r'), '+.2f')}."]
+    if doc.get("sequential_png"):
+        lines += ["", f"![gain after each pair]({Path(doc['sequential_png']).name})"]
     if doc["ablations"]:
         lines += ["", "| variant | pairs | mean vs full PVD | 95 % CI | vs baseline | 95 % CI "
                   "| full PVD vs baseline, same seeds |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {n} | {len(a['pairs'])} | {a['gain_vs_full_mean']} | {a['ci95']} | {a['vs_baseline']['mean']} | "
-              f"{a['vs_baseline']['ci95']} | {a['full_vs_baseline_same_seeds']} |" for n, a in doc["ablations"].items()]
+    lines += [f"| {n} | {len(a['pairs'])} | {_num(a['gain_vs_full_mean'], '+.2f')} | {_interval(a['ci95'])} | "
+              f"{_num(a['vs_baseline']['mean'], '+.2f')} | {_interval(a['vs_baseline']['ci95'])} | "
+              f"{_num(a['full_vs_baseline_same_seeds'], '+.2f')} |" for n, a in doc["ablations"].items()]
     if doc.get("per_class"):
         lines += ["", "Per class IoU (means over the pairs):", "",
                   "| class | teacher | baseline | PVD | PVD - baseline | validation points |",
@@ -530,6 +590,9 @@ def main() -> int:
         doc = summarise(args, out, scorer, teacher, pairs, ablations, data_info, macs, command, stopped)
         png = plot_seg_loss(out, pairs, args.results.with_name(args.results.stem + "_seg_loss.png"))
         doc["seg_loss_png"] = None if png is None else str(png.relative_to(REPO) if png.is_relative_to(REPO) else png)
+        png = plot_sequential(doc["pairs"], args.margin, args.min_pairs,
+                              args.results.with_name(args.results.stem + "_sequential.png"))
+        doc["sequential_png"] = None if png is None else str(png.relative_to(REPO) if png.is_relative_to(REPO) else png)
         write_json(args.results, doc)
         write_markdown(doc, args.results.with_suffix(".md"))
 
