@@ -382,11 +382,12 @@ def teacher_ahead_gain(scorer: Scorer, behind: list[str], npz: list) -> dict[str
 def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict[str, Any], pairs: list[dict],
               ablations: dict[str, list[dict]], data_info: dict, macs: dict, command: str,
               stopped: Optional[str]) -> dict[str, Any]:
-    from pvd_core.paired_stats import bootstrap_gain_ci, paired_t, pairs_to_decide
+    from pvd_core.paired_stats import bootstrap_gain_ci, paired_spread, paired_t, pairs_to_decide
 
     base = [p["baseline"]["miou"] for p in pairs]
     pvd = [p["pvd"]["miou"] for p in pairs]
     t = paired_t(base, pvd)
+    spread = paired_spread(base, pvd)
     names = scorer.teacher.label_map.class_names
     doc: dict[str, Any] = {
         "pairs": [{"seed": p["seed"], "baseline": p["baseline"]["miou"], "pvd": p["pvd"]["miou"]} for p in pairs],
@@ -406,6 +407,9 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
         # If undecided: the pairs the rule would need were the mean and stdev to stay as they are (planning only).
         "pairs_to_decide_projection": None if stopped or t.n < 2 else pairs_to_decide(
             t.mean, t.stdev, args.min_pairs, args.margin),
+        # Exploratory, not the benchmark's verdict: does PVD change how much students vary by seed?
+        "seed_spread": {"baseline_sd": round(spread.sd_baseline, 4), "pvd_sd": round(spread.sd_treated, 4),
+                        "pitman_morgan_p": spread.p_value},
         "scoring": f"EMA of weights (train.ema_decay {args.ema_decay}), ema.pt at the last step",
     }
     if pairs:
@@ -483,6 +487,11 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
                   + ", ".join(f"{arm} {v['kl']:.3f}" for arm, v in fid.items()) + ". "
                   f"Per class, PVD's gain against the teacher's advantage over the baseline: "
                   f"r = {_num(doc.get('per_class_gain_vs_teacher_advantage_r'), '+.2f')}."]
+    spread = doc.get("seed_spread") or {}
+    if spread.get("pitman_morgan_p") is not None:
+        lines += ["", f"Seed-to-seed spread (exploratory, not the verdict): baseline sd "
+                  f"{spread['baseline_sd']:.2f}, PVD sd {spread['pvd_sd']:.2f} mIoU; Pitman-Morgan test of equal "
+                  f"variances p = {spread['pitman_morgan_p']:.3g}."]
     if doc.get("sequential_png"):
         lines += ["", f"![gain after each pair]({Path(doc['sequential_png']).name})"]
     if doc["ablations"]:

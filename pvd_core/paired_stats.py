@@ -70,6 +70,40 @@ def paired_t(baseline: Sequence[float], treated: Sequence[float], confidence: fl
     return PairedResult(n, mean, sd, (mean - half, mean + half), p)
 
 
+@dataclass(frozen=True)
+class SpreadResult:
+    """Seed-to-seed spread of the two arms of paired runs, and whether it differs."""
+
+    n: int
+    sd_baseline: float  # sample standard deviation over seeds (nan when n < 2)
+    sd_treated: float
+    p_value: float  # Pitman-Morgan test of equal variances (nan when n < 3 or either spread is 0)
+
+
+def paired_spread(baseline: Sequence[float], treated: Sequence[float]) -> SpreadResult:
+    """Does the treatment change how much runs vary from seed to seed (not their mean)?
+
+    A treatment can help mostly by rescuing bad seeds; the paired-t test of the mean cannot
+    see that. The two arms share seeds, so their spreads are correlated and an F test would be
+    wrong; the Pitman-Morgan test uses var(b) - var(a) = cov(a + b, b - a), i.e. equal
+    variances iff sums and differences are uncorrelated, and tests that Pearson r (scipy).
+    """
+    from scipy import stats
+
+    a = np.asarray(baseline, dtype=np.float64)
+    b = np.asarray(treated, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired_spread: baseline {a.shape} and treated {b.shape} must be equal-length 1-D sequences")
+    n = int(a.size)
+    if n < 2:
+        return SpreadResult(n, math.nan, math.nan, math.nan)
+    sd_a, sd_b = float(a.std(ddof=1)), float(b.std(ddof=1))
+    total, diff = a + b, b - a
+    if n < 3 or np.ptp(total) == 0.0 or np.ptp(diff) == 0.0:
+        return SpreadResult(n, sd_a, sd_b, math.nan)
+    return SpreadResult(n, sd_a, sd_b, float(stats.pearsonr(total, diff).pvalue))
+
+
 def decision(ci95: tuple[float, float], n: int, min_pairs: int = 8, margin: float = 1.5) -> Optional[str]:
     """The sequential rule: 'gain' (lo > 0), 'below_margin' (hi < margin) or None (keep going).
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pvd_core.fidelity import FidelityMeter
-from pvd_core.paired_stats import bootstrap_gain_ci, decision, paired_t, pairs_to_decide
+from pvd_core.paired_stats import bootstrap_gain_ci, decision, paired_spread, paired_t, pairs_to_decide
 
 
 def test_paired_t_hand_computed():
@@ -33,6 +33,22 @@ def test_paired_t_degenerate_samples():
     assert flat.ci95 == (1.0, 1.0) and flat.p_value == 0.0
     with pytest.raises(ValueError, match="equal-length"):
         paired_t([1.0, 2.0], [1.0])
+
+
+def test_paired_spread_hand_computed():
+    # a = [-3, -1, 1, 3], b = [-1, 0, 0, 1]: sums [-4, -1, 1, 4], differences [2, 1, -1, -2], both
+    # mean 0, so r = -18 / sqrt(34 * 10). With n = 4 (df 2) the two-sided p of Pearson's r is 1 - |r|.
+    r = paired_spread([-3.0, -1.0, 1.0, 3.0], [-1.0, 0.0, 0.0, 1.0])
+    assert r.n == 4
+    assert r.sd_baseline == pytest.approx(math.sqrt(20.0 / 3.0)) and r.sd_treated == pytest.approx(math.sqrt(2.0 / 3.0))
+    assert r.p_value == pytest.approx(1.0 - 18.0 / math.sqrt(340.0), rel=1e-9)
+    # Only the spreads matter, not which arm is better on average: a shifted copy has p = nan (no spread
+    # in the differences), and swapping the arms leaves p unchanged.
+    assert math.isnan(paired_spread([1.0, 2.0, 4.0], [2.0, 3.0, 5.0]).p_value)
+    assert paired_spread([-1.0, 0.0, 0.0, 1.0], [-3.0, -1.0, 1.0, 3.0]).p_value == pytest.approx(r.p_value)
+    assert math.isnan(paired_spread([1.0, 2.0], [1.0, 3.0]).p_value)
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_spread([1.0, 2.0], [1.0])
 
 
 def test_decision_rule():
