@@ -181,6 +181,16 @@ def last_quarter_fall(quarters: list[float]) -> float:
     return (quarters[2] - quarters[3]) / quarters[2]
 
 
+def _figure(figsize: tuple[float, float]):
+    """A new figure on the file-only Agg backend (benches run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)
+
+
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -194,11 +204,6 @@ def _save(fig, path: Path) -> Path:
 def plot_seg_loss(out: Path, pairs: list[dict[str, Any]], path: Path) -> Optional[Path]:
     """Segmentation loss of every run against the step (as logged: the mean of each logging window),
     with the teacher's: shows whether the students' curves have flattened. None when no run folder is left."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from pvd_core.training.run_log import read_metrics
 
     def curve(run: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
@@ -210,20 +215,17 @@ def plot_seg_loss(out: Path, pairs: list[dict[str, Any]], path: Path) -> Optiona
             return None
         return np.array([r["step"] for r in rows]), np.array([r["seg"] for r in rows], dtype=float)
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    drawn = 0
-    for arm, colour in (("baseline", "tab:blue"), ("pvd", "tab:orange")):
-        for i, p in enumerate(pairs):
-            c = curve(f"{arm}_s{p['seed']}")
-            if c is not None:
-                ax.plot(*c, color=colour, alpha=0.6, linewidth=1.0, label=arm if i == 0 else None)
-                drawn += 1
+    students = {arm: [c for c in (curve(f"{arm}_s{p['seed']}") for p in pairs) if c is not None]
+                for arm in ("baseline", "pvd")}
+    if not any(students.values()):
+        return None
+    fig, ax = _figure((8, 4.5))
+    for (arm, curves), colour in zip(students.items(), ("tab:blue", "tab:orange")):
+        for i, c in enumerate(curves):
+            ax.plot(*c, color=colour, alpha=0.6, linewidth=1.0, label=arm if i == 0 else None)
     teacher = curve("teacher")
     if teacher is not None:
         ax.plot(*teacher, color="black", linewidth=1.5, label="teacher")
-    if not drawn:
-        plt.close(fig)
-        return None
     ax.set_xlabel("step")
     ax.set_ylabel("segmentation loss (logged window means)")
     ax.set_yscale("log")
@@ -239,17 +241,12 @@ def plot_sequential(pairs: list[dict[str, Any]], margin: float, min_pairs: int, 
     decision a run is and whether one pair carries it. None with fewer than two pairs."""
     if len(pairs) < 2:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from pvd_core.paired_stats import paired_t
 
     gains = [p["pvd"] - p["baseline"] for p in pairs]
     n = np.arange(2, len(pairs) + 1)
     ts = [paired_t([p["baseline"] for p in pairs[:k]], [p["pvd"] for p in pairs[:k]]) for k in n]
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = _figure((8, 5.5))
     ax.fill_between(n, [t.ci95[0] for t in ts], [t.ci95[1] for t in ts], color="tab:orange", alpha=0.25,
                     label="paired-t 95 % CI of the mean gain")
     ax.plot(n, [t.mean for t in ts], color="tab:orange", marker="o", label="mean gain after n pairs")
@@ -457,9 +454,14 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
     return json.loads(json.dumps(doc, default=float).replace("NaN", "null"))
 
 
+def _repo_relative(path: Optional[Path]) -> Optional[str]:
+    """How the results JSON names a written file: relative to the repo when inside it."""
+    return None if path is None else str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+
+
 def _num(x: Optional[float], spec: str) -> str:
-    """A figure for the report, or 'n/a' where the JSON holds null (too few pairs for a CI)."""
-    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+    """A figure for the report, or 'n/a' where the JSON holds null (summarise turns NaN into null)."""
+    return "n/a" if x is None else format(x, spec)
 
 
 def _interval(ci: Optional[list]) -> str:
@@ -598,10 +600,9 @@ def main() -> int:
     def publish() -> None:
         doc = summarise(args, out, scorer, teacher, pairs, ablations, data_info, macs, command, stopped)
         png = plot_seg_loss(out, pairs, args.results.with_name(args.results.stem + "_seg_loss.png"))
-        doc["seg_loss_png"] = None if png is None else str(png.relative_to(REPO) if png.is_relative_to(REPO) else png)
-        png = plot_sequential(doc["pairs"], args.margin, args.min_pairs,
-                              args.results.with_name(args.results.stem + "_sequential.png"))
-        doc["sequential_png"] = None if png is None else str(png.relative_to(REPO) if png.is_relative_to(REPO) else png)
+        doc["seg_loss_png"] = _repo_relative(png)
+        doc["sequential_png"] = _repo_relative(plot_sequential(
+            doc["pairs"], args.margin, args.min_pairs, args.results.with_name(args.results.stem + "_sequential.png")))
         write_json(args.results, doc)
         write_markdown(doc, args.results.with_suffix(".md"))
 

@@ -40,6 +40,14 @@ class PairedResult:
     p_value: float  # two-sided paired-t p-value for mean(d) == 0 (nan when n < 2 or stdev == 0 and mean == 0)
 
 
+def _paired_arrays(caller: str, baseline: Sequence[float], treated: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(baseline, dtype=np.float64)
+    b = np.asarray(treated, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"{caller}: baseline {a.shape} and treated {b.shape} must be equal-length 1-D sequences")
+    return a, b
+
+
 def paired_t(baseline: Sequence[float], treated: Sequence[float], confidence: float = 0.95) -> PairedResult:
     """Paired-t summary of ``treated - baseline`` (the two lists are aligned pair by pair).
 
@@ -48,10 +56,7 @@ def paired_t(baseline: Sequence[float], treated: Sequence[float], confidence: fl
     """
     from scipy import stats
 
-    a = np.asarray(baseline, dtype=np.float64)
-    b = np.asarray(treated, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired_t: baseline {a.shape} and treated {b.shape} must be equal-length 1-D sequences")
+    a, b = _paired_arrays("paired_t", baseline, treated)
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"paired_t: confidence must lie in (0, 1), got {confidence}")
     d = b - a
@@ -90,10 +95,7 @@ def paired_spread(baseline: Sequence[float], treated: Sequence[float]) -> Spread
     """
     from scipy import stats
 
-    a = np.asarray(baseline, dtype=np.float64)
-    b = np.asarray(treated, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired_spread: baseline {a.shape} and treated {b.shape} must be equal-length 1-D sequences")
+    a, b = _paired_arrays("paired_spread", baseline, treated)
     n = int(a.size)
     if n < 2:
         return SpreadResult(n, math.nan, math.nan, math.nan)
