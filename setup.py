@@ -50,7 +50,8 @@ setup(
         ],
         # Test dependencies live here (pip install -e ".[test]"): setuptools' tests_require is
         # gone, and colcon printed "Unknown distribution option: 'tests_require'" for it.
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "ruff==0.17.5"],
+        # ros-domain-coordinator: ROS 2's own reservation of a private ROS_DOMAIN_ID per test/bench run.
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "ruff==0.17.5", "ros-domain-coordinator>=0.10"],
     },
     zip_safe=True,
     maintainer="pvd_ros developers",

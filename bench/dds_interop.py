@@ -276,14 +276,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     sys.path.insert(0, str(REPO / "test"))
     from conftest import save_tiny_checkpoint
 
+    from pvd_ros.dds_settings import private_domain_id
+
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         checkpoint = save_tiny_checkpoint(workdir / "tiny.pt")
-        for i, spec in enumerate(args.candidates):
-            for j, peers in enumerate(args.peers):
-                domain_id = 100 + (os.getpid() + 7 * i + j) % 120
-                run = measure(spec, peers, checkpoint, args, domain_id, workdir)
+        for spec in args.candidates:
+            for peers in args.peers:
+                with private_domain_id() as domain_id:
+                    run = measure(spec, peers, checkpoint, args, domain_id, workdir)
                 runs.append(run)
                 print(f"{spec:45s} peers={peers:7s} published {run['published']} processed {run['processed_by_node']} "
                       f"answered {run['answered']} node {run['node_counters']} "

@@ -103,7 +103,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     points = np.fromfile(args.scan, dtype=np.float32).reshape(-1, 4)
 
     load_at_start = os.getloadavg()
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 200))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     tmp = tempfile.TemporaryDirectory(prefix="pvd_bench_")
     # Torch work outside the node runs in a short-lived thread: the deployed node is alone in
@@ -213,8 +212,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from pvd_ros.dds_settings import private_domain_id
+
     args = parse_args(argv)
-    result = run(args)
+    with private_domain_id() as domain:
+        os.environ.setdefault("ROS_DOMAIN_ID", str(domain))  # a domain the caller chose is kept
+        result = run(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     s = result["summary"]

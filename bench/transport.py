@@ -111,11 +111,13 @@ def echo_round_trips(scan: Path, frames: int, period: float, retain: bool) -> di
 
 
 def run_mode(args: argparse.Namespace, mode: str) -> dict[str, Any]:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(1 + (os.getpid() + len(mode)) % 200),
-               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    from pvd_ros.dds_settings import private_domain_id
+
     cmd = [sys.executable, __file__, "--mode", mode, "--scan", str(args.scan), "--frames", str(args.frames),
            "--period", str(args.period)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=REPO)
+    with private_domain_id() as domain:
+        env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=REPO)
     parts = json.loads(out.stdout.strip().splitlines()[-1])
     return {"median_ms": {k: round(float(np.median(v)), 3) for k, v in parts.items()},
             "p95_ms": {k: round(float(np.percentile(v, 95)), 3) for k, v in parts.items()},

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from hang_watchdog import hang_watchdog  # noqa: F401  (autouse: a stuck test is dumped and ends the run)
@@ -37,6 +38,16 @@ def nuscenes_root() -> Path:
     if not NUSC_ROOT.is_dir():
         pytest.skip(f"real nuScenes fixture not found at {NUSC_ROOT} (../shared/data is absent)")
     return NUSC_ROOT
+
+
+@pytest.fixture
+def private_ros_domain(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """ROS_DOMAIN_ID set to a domain reserved for this test (pvd_ros.dds_settings.private_domain_id)."""
+    from pvd_ros.dds_settings import private_domain_id
+
+    with private_domain_id() as domain:
+        monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
+        yield domain
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pvd_ros.dds_settings import node_environment, transport_warnings
+from pvd_ros.dds_settings import node_environment, private_domain_id, transport_warnings
 
 pytestmark = [pytest.mark.dds, pytest.mark.subprocess]  # slow tier (markers in setup.cfg)
 
@@ -38,8 +38,9 @@ def bench():
 @pytest.mark.timeout(400)
 def test_default_peers_exchange_2mb_clouds_with_the_node(bench, tiny_checkpoint, real_scan_path, tmp_path):
     args = argparse.Namespace(scan=real_scan_path, frames=FRAMES, period=0.1, ready_timeout=90.0, lockstep=True)
-    run = bench.measure(f"profile={PROFILE.relative_to(REPO)}", "default", tiny_checkpoint, args,
-                        domain_id=150 + (id(args) >> 4) % 60, workdir=tmp_path)
+    with private_domain_id() as domain:
+        run = bench.measure(f"profile={PROFILE.relative_to(REPO)}", "default", tiny_checkpoint, args,
+                            domain_id=domain, workdir=tmp_path)
     detail = f"{run['node_counters']} node log: {run['node_log_tail']}"
     assert run["published"] == FRAMES
     assert run["ready_received_by_driver"], "the latched ~/ready did not reach a default-configured process: " + detail
@@ -67,6 +68,9 @@ def test_profile_is_a_fast_dds_participant_profile_for_the_default():
     ({"FASTDDS_DEFAULT_PROFILES_FILE": "/nonexistent.xml"}, ["no such file", "Fast DDS default transports"]),
     ({"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"},
      ["ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST"]),
+    ({"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE), "ROS_DOMAIN_ID": "101"}, []),
+    pytest.param({"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE), "ROS_DOMAIN_ID": "150"}, ["ROS_DOMAIN_ID=150"],
+                 marks=pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's ephemeral ports")),
 ])
 def test_node_warns_when_its_transport_settings_miss_default_peers(env, expect):
     warnings = transport_warnings(env)
@@ -90,3 +94,14 @@ def test_a_node_started_by_a_tool_gets_the_profile_launch_gives_it(env, expect):
     assert all(Path(value) == PROFILE for value in added.values())
     if added:
         assert transport_warnings({**env, **added}) == []
+
+
+def test_private_domain_ids_are_safe_on_linux_and_distinct_while_held():
+    pytest.importorskip("domain_coordinator", reason="ros-domain-coordinator is not installed (the 'test' extra)")
+    with private_domain_id() as first, private_domain_id() as second:
+        assert first != second
+        assert all(1 <= d <= 100 for d in (first, second))  # <= 101: DDS ports below 32768
+        assert transport_warnings({"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE), "ROS_DOMAIN_ID": str(first)}) == []
+    with pytest.raises(FileNotFoundError):  # an error in the block is the caller's, not the reservation's
+        with private_domain_id():
+            raise FileNotFoundError("no such checkpoint")

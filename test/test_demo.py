@@ -3,7 +3,6 @@ segment_node -> offline eval; the report files and pictures it promises exist an
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,10 +12,9 @@ pytestmark = [pytest.mark.demo, pytest.mark.dds, pytest.mark.subprocess]  # slow
 pytest.importorskip("rclpy", reason="the demo replays through a real ROS 2 node; rclpy is not installed")
 
 
-def test_demo_writes_reports_pictures_and_a_labelled_bag(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+def test_demo_writes_reports_pictures_and_a_labelled_bag(tmp_path, tiny_checkpoint, private_ros_domain, capsys):
     from pvd_ros.cli import demo_main as main
 
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(20 + os.getpid() % 80))
     out = tmp_path / "demo"
     assert main(["--checkpoint", str(tiny_checkpoint), "--scans", "3", "--out", str(out), "--device", "cpu",
                  "--sensor", "vlp16", "--columns", "600"]) == 0
@@ -35,10 +33,9 @@ def test_demo_writes_reports_pictures_and_a_labelled_bag(tmp_path, tiny_checkpoi
     assert (out / "labelled_bag").is_dir() and replay["record"]["messages"] == replay["answered"]
 
 
-def test_demo_on_real_semantickitti_scans(tmp_path, tiny_checkpoint, shared_kitti_root, monkeypatch, capsys):
+def test_demo_on_real_semantickitti_scans(tmp_path, tiny_checkpoint, shared_kitti_root, private_ros_domain, capsys):
     from pvd_ros.cli import demo_main as main
 
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(20 + (os.getpid() + 1) % 80))
     out = tmp_path / "demo_real"
     assert main(["--checkpoint", str(tiny_checkpoint), "--semantickitti", str(shared_kitti_root), "--scans", "2",
                  "--out", str(out), "--device", "cpu"]) == 0

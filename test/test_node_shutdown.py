@@ -43,11 +43,12 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from conftest import save_tiny_checkpoint  # noqa: E402
 from pvd_ros.cloud_codec import make_cloud  # noqa: E402
-from pvd_ros.dds_settings import node_environment  # noqa: E402
+from pvd_ros.dds_settings import node_environment, private_domain_id  # noqa: E402
 
 pytestmark = [pytest.mark.dds, pytest.mark.subprocess]  # slow tier (markers in setup.cfg)
 
@@ -173,7 +174,9 @@ class Driver:
         self.publishers: dict[str, Any] = {}
         self.subscriptions: dict[str, Any] = {}
         self.answers: dict[str, int] = {}
+        self.counters: dict[str, dict[str, str]] = {}  # each node's latest /diagnostics values
         self.cloud_points = _cloud()
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._diagnostics, 50)
         self.stamp = 0
         self.node.create_timer(0.1, self._tick)
         self.executor = SingleThreadedExecutor(context=context)
@@ -198,11 +201,23 @@ class Driver:
         with self.lock:
             return self.answers.get(name, 0)
 
+    def _diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            node = status.name.split(":", 1)[0]
+            with self.lock:
+                self.counters[node] = {kv.key: kv.value for kv in status.values}
+
     def matched(self, name: str) -> str:
-        """Discovery as this side sees it: tells a node never found from clouds lost on the way."""
+        """Discovery as this side sees it and the node's own counters (its /diagnostics): tells a
+        node never found from clouds lost on the way and from clouds skipped for want of a subscriber."""
+        with self.lock:
+            counters = self.counters.get(name)
+        seen = ("no /diagnostics from the node" if counters is None else "the node counts " + ", ".join(
+            f"{key} {counters.get(key, '?')}" for key in ("received", "processed", "skipped_stale",
+                                                           "skipped_no_subscriber", "dropped_malformed")))
         return (f"driver's publisher matched {self.publishers[name].get_subscription_count()} subscription(s), "
                 f"its answer subscription {self.subscriptions[name].get_publisher_count()} publisher(s), "
-                f"{self.stamp} clouds sent")
+                f"{self.stamp} clouds sent; {seen}")
 
     def _tick(self) -> None:
         self.stamp += 1
@@ -229,9 +244,10 @@ def _cloud() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def ros_env() -> dict[str, str]:
-    return {"ROS_DOMAIN_ID": str(1 + (os.getpid() + 97) % 200), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def ros_env():
+    with private_domain_id() as domain:
+        yield {"ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+               "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,7 @@ from pvd_core.labels import SEMANTIC_KITTI  # noqa: E402
 from pvd_core.models.cylinder3d import build_model  # noqa: E402
 from pvd_core.segmenter import Segmenter  # noqa: E402
 from pvd_ros.cloud_codec import make_cloud, packed_rgb_lut  # noqa: E402
+from pvd_ros.dds_settings import private_domain_id  # noqa: E402
 from pvd_ros.node_params import NodeParams  # noqa: E402
 from pvd_ros.segment_node import NodeStartupError, SegmentNode  # noqa: E402
 
@@ -59,12 +60,13 @@ LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=Relia
 def ros_context():
     """A private DDS domain and rclpy context for this module."""
     saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
-    os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 200)
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    context = Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.try_shutdown(context=context)
+    with private_domain_id() as domain:
+        os.environ["ROS_DOMAIN_ID"] = str(domain)
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        context = Context()
+        rclpy.init(context=context)
+        yield context
+        rclpy.try_shutdown(context=context)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
