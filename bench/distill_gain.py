@@ -379,12 +379,13 @@ def teacher_ahead_gain(scorer: Scorer, behind: list[str], npz: list) -> dict[str
 def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict[str, Any], pairs: list[dict],
               ablations: dict[str, list[dict]], data_info: dict, macs: dict, command: str,
               stopped: Optional[str]) -> dict[str, Any]:
-    from pvd_core.paired_stats import bootstrap_gain_ci, paired_spread, paired_t, pairs_to_decide
+    from pvd_core.paired_stats import bootstrap_gain_ci, paired_ranks, paired_spread, paired_t, pairs_to_decide
 
     base = [p["baseline"]["miou"] for p in pairs]
     pvd = [p["pvd"]["miou"] for p in pairs]
     t = paired_t(base, pvd)
     spread = paired_spread(base, pvd)
+    ranks = paired_ranks(base, pvd)
     names = scorer.teacher.label_map.class_names
     doc: dict[str, Any] = {
         "pairs": [{"seed": p["seed"], "baseline": p["baseline"]["miou"], "pvd": p["pvd"]["miou"]} for p in pairs],
@@ -407,6 +408,9 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
         # Exploratory, not the benchmark's verdict: does PVD change how much students vary by seed?
         "seed_spread": {"baseline_sd": round(spread.sd_baseline, 4), "pvd_sd": round(spread.sd_treated, 4),
                         "pitman_morgan_p": spread.p_value},
+        # Exploratory, not the verdict: is the mean gain typical of the pairs or carried by a few?
+        "gain_per_pair": {"median": round(ranks.median, 4), "pvd_ahead": ranks.treated_ahead,
+                          "baseline_ahead": ranks.baseline_ahead, "wilcoxon_p": ranks.wilcoxon_p},
         "scoring": f"EMA of weights (train.ema_decay {args.ema_decay}), ema.pt at the last step",
     }
     if pairs:
@@ -494,6 +498,11 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
         lines += ["", f"Seed-to-seed spread (exploratory, not the verdict): baseline sd "
                   f"{spread['baseline_sd']:.2f}, PVD sd {spread['pvd_sd']:.2f} mIoU; Pitman-Morgan test of equal "
                   f"variances p = {spread['pitman_morgan_p']:.3g}."]
+    per_pair = doc.get("gain_per_pair") or {}
+    if per_pair.get("wilcoxon_p") is not None:
+        lines += ["", f"Per pair (exploratory, not the verdict): median gain {per_pair['median']:+.2f} mIoU; PVD "
+                  f"ahead in {per_pair['pvd_ahead']} of {len(doc['pairs'])} pairs, the baseline in "
+                  f"{per_pair['baseline_ahead']}; Wilcoxon signed-rank p = {per_pair['wilcoxon_p']:.3g}."]
     if doc.get("sequential_png"):
         lines += ["", f"![gain after each pair]({Path(doc['sequential_png']).name})"]
     if doc["ablations"]:

@@ -7,6 +7,8 @@ seeds, gain +0.69 +- 1.61, a CI of about [-3.3, +4.7]). Two questions, two tools
 
 - :func:`paired_t`: is the mean gain over *training seeds* different from 0? Paired-t
   95 % CI and two-sided p-value (``scipy.stats``, not hand-written t quantiles).
+- :func:`paired_ranks` (exploratory): is the gain typical of the pairs or carried by a few?
+  Median gain, wins each way, Wilcoxon signed-rank p (``scipy.stats``).
 - :func:`bootstrap_gain_ci`: how much of the gain could the *validation scans* have
   produced? Scans are resampled with replacement (the same draw for every model, so the
   pairing is kept), the confusion matrices of the drawn scans are summed and mIoU is
@@ -104,6 +106,35 @@ def paired_spread(baseline: Sequence[float], treated: Sequence[float]) -> Spread
     if n < 3 or np.ptp(total) == 0.0 or np.ptp(diff) == 0.0:
         return SpreadResult(n, sd_a, sd_b, math.nan)
     return SpreadResult(n, sd_a, sd_b, float(stats.pearsonr(total, diff).pvalue))
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """Per-pair view of paired differences d_i = treated_i - baseline_i, robust to a few large d_i."""
+
+    n: int
+    median: float  # median of d (nan when n == 0)
+    treated_ahead: int  # pairs with d > 0
+    baseline_ahead: int  # pairs with d < 0
+    wilcoxon_p: float  # two-sided signed-rank p (zero differences dropped; nan when every d is 0)
+
+
+def paired_ranks(baseline: Sequence[float], treated: Sequence[float]) -> RankResult:
+    """Does the treatment win in most pairs, or do a few large gains carry the mean?
+
+    The paired-t verdict is about the mean, which two seeds with +7 and +10 can carry while the
+    typical pair gains little; the median, the win counts and the signed-rank test (which uses
+    the ranks of |d|, not their size) say which it is. Exploratory: the verdict stays paired_t.
+    """
+    from scipy import stats
+
+    a, b = _paired_arrays("paired_ranks", baseline, treated)
+    d = b - a
+    if d.size == 0:
+        return RankResult(0, math.nan, 0, 0, math.nan)
+    wins, losses = int((d > 0).sum()), int((d < 0).sum())
+    p = float(stats.wilcoxon(d).pvalue) if wins + losses else math.nan
+    return RankResult(int(d.size), float(np.median(d)), wins, losses, p)
 
 
 def decision(ci95: tuple[float, float], n: int, min_pairs: int = 8, margin: float = 1.5) -> Optional[str]:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pvd_core.fidelity import FidelityMeter
-from pvd_core.paired_stats import bootstrap_gain_ci, decision, paired_spread, paired_t, pairs_to_decide
+from pvd_core.paired_stats import (bootstrap_gain_ci, decision, paired_ranks, paired_spread, paired_t,
+                                   pairs_to_decide)
 
 
 def test_paired_t_hand_computed():
@@ -49,6 +50,19 @@ def test_paired_spread_hand_computed():
     assert math.isnan(paired_spread([1.0, 2.0], [1.0, 3.0]).p_value)
     with pytest.raises(ValueError, match="equal-length"):
         paired_spread([1.0, 2.0], [1.0])
+
+
+def test_paired_ranks_hand_computed():
+    # d = 1, 2, 3, -0.5: |d| ranks 2, 3, 4, 1, so W- = 1; the exact two-sided p counts the sign
+    # patterns with W <= 1 ({} and {rank 1}): 2 of 16, doubled: 0.25.
+    r = paired_ranks([10.0, 10.0, 10.0, 10.0], [11.0, 12.0, 13.0, 9.5])
+    assert (r.n, r.treated_ahead, r.baseline_ahead) == (4, 3, 1)
+    assert r.median == pytest.approx(1.5) and r.wilcoxon_p == pytest.approx(0.25)
+    # One huge gain and many small losses: the mean is positive, the typical pair is not.
+    r = paired_ranks([0.0] * 7, [20.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0])
+    assert r.median == -1.0 and (r.treated_ahead, r.baseline_ahead) == (1, 6)
+    assert math.isnan(paired_ranks([1.0, 2.0], [1.0, 2.0]).wilcoxon_p)
+    assert paired_ranks([], []).n == 0
 
 
 def test_decision_rule():
