@@ -58,6 +58,8 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
+from result_files import figure, repo_relative, save_figure  # bench/ is on sys.path for a script run from it
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 TRAIN_SEQUENCES = ["00", "01", "02", "03"]
@@ -181,26 +183,6 @@ def last_quarter_fall(quarters: list[float]) -> float:
     return (quarters[2] - quarters[3]) / quarters[2]
 
 
-def _figure(figsize: tuple[float, float]):
-    """A new figure on the file-only Agg backend (benches run headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=figsize)
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def plot_seg_loss(out: Path, pairs: list[dict[str, Any]], path: Path) -> Optional[Path]:
     """Segmentation loss of every run against the step (as logged: the mean of each logging window),
     with the teacher's: shows whether the students' curves have flattened. None when no run folder is left."""
@@ -219,7 +201,7 @@ def plot_seg_loss(out: Path, pairs: list[dict[str, Any]], path: Path) -> Optiona
                 for arm in ("baseline", "pvd")}
     if not any(students.values()):
         return None
-    fig, ax = _figure((8, 4.5))
+    fig, ax = figure((8, 4.5))
     for (arm, curves), colour in zip(students.items(), ("tab:blue", "tab:orange")):
         for i, c in enumerate(curves):
             ax.plot(*c, color=colour, alpha=0.6, linewidth=1.0, label=arm if i == 0 else None)
@@ -232,7 +214,7 @@ def plot_seg_loss(out: Path, pairs: list[dict[str, Any]], path: Path) -> Optiona
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("Are the students converged? Segmentation loss of every run")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sequential(pairs: list[dict[str, Any]], margin: float, min_pairs: int, path: Path) -> Optional[Path]:
@@ -246,7 +228,7 @@ def plot_sequential(pairs: list[dict[str, Any]], margin: float, min_pairs: int, 
     gains = [p["pvd"] - p["baseline"] for p in pairs]
     n = np.arange(2, len(pairs) + 1)
     ts = [paired_t([p["baseline"] for p in pairs[:k]], [p["pvd"] for p in pairs[:k]]) for k in n]
-    fig, ax = _figure((8, 5.5))
+    fig, ax = figure((8, 5.5))
     ax.fill_between(n, [t.ci95[0] for t in ts], [t.ci95[1] for t in ts], color="tab:orange", alpha=0.25,
                     label="paired-t 95 % CI of the mean gain")
     ax.plot(n, [t.mean for t in ts], color="tab:orange", marker="o", label="mean gain after n pairs")
@@ -264,7 +246,7 @@ def plot_sequential(pairs: list[dict[str, Any]], margin: float, min_pairs: int, 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     ax.set_title("Sequential test: decided once the CI clears 0 or falls below the margin")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 class Scorer:
@@ -458,11 +440,6 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
     return json.loads(json.dumps(doc, default=float).replace("NaN", "null"))
 
 
-def _repo_relative(path: Optional[Path]) -> Optional[str]:
-    """How the results JSON names a written file: relative to the repo when inside it."""
-    return None if path is None else str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
-
-
 def _num(x: Optional[float], spec: str) -> str:
     """A figure for the report, or 'n/a' where the JSON holds null (summarise turns NaN into null)."""
     return "n/a" if x is None else format(x, spec)
@@ -609,8 +586,8 @@ def main() -> int:
     def publish() -> None:
         doc = summarise(args, out, scorer, teacher, pairs, ablations, data_info, macs, command, stopped)
         png = plot_seg_loss(out, pairs, args.results.with_name(args.results.stem + "_seg_loss.png"))
-        doc["seg_loss_png"] = _repo_relative(png)
-        doc["sequential_png"] = _repo_relative(plot_sequential(
+        doc["seg_loss_png"] = repo_relative(png)
+        doc["sequential_png"] = repo_relative(plot_sequential(
             doc["pairs"], args.margin, args.min_pairs, args.results.with_name(args.results.stem + "_sequential.png")))
         write_json(args.results, doc)
         write_markdown(doc, args.results.with_suffix(".md"))

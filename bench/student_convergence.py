@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from distill_gain import last_quarter_fall  # noqa: E402
 from pvd_core.paired_stats import paired_t  # noqa: E402
+from result_files import figure, repo_relative, save_figure, write_report  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 DEFAULT_INPUTS = ["distill_gain.json", "distill_gain_students1000.json", "distill_gain_students2000.json",
@@ -53,7 +54,7 @@ def design(path: Path) -> dict[str, Any]:
         falls = {arm: round(float(np.mean([last_quarter_fall(c) for k, c in curves.items()
                                            if k.startswith(arm + "_s") and len(c) == 4])), 4)
                  for arm in ("baseline", "pvd")}
-    return {"file": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
+    return {"file": repo_relative(path),
             "steps": doc["settings"]["steps"], "teacher_steps": doc["settings"]["teacher_steps"],
             "teacher": doc["teacher"], "seeds": sorted(base),
             "baseline": base, "pvd": pvd,
@@ -78,13 +79,8 @@ def longer_runs(designs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(designs: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = np.array([d["steps"] for d in designs])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = figure((7, 4.5))
     for arm, colour, shift in (("baseline", "tab:blue", -0.02), ("pvd", "tab:orange", 0.02)):
         mean = np.array([d[f"{arm}_mean"] for d in designs])
         ci = np.array([d[f"{arm}_ci95"] for d in designs])
@@ -104,9 +100,7 @@ def plot(designs: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("Do longer students still improve?")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_markdown(doc: dict[str, Any], path: Path) -> None:
@@ -142,14 +136,10 @@ def main() -> int:
     if missing:
         ap.error(f"missing result files: {', '.join(missing)}")
     designs = sorted((design(p) for p in args.inputs), key=lambda d: d["steps"])
-    png = args.results.with_suffix(".png")
     doc = {"command": "python " + shlex.join(["bench/student_convergence.py"] + sys.argv[1:]),
            "designs": designs, "longer_runs": longer_runs(designs),
-           "png": str(png.relative_to(REPO) if png.is_relative_to(REPO) else png)}
-    plot(designs, png)
-    args.results.write_text(json.dumps(doc, indent=2) + "\n")
-    write_markdown(doc, args.results.with_suffix(".md"))
-    print(args.results.with_suffix(".md").read_text())
+           "png": repo_relative(args.results.with_suffix(".png"))}
+    print(write_report(doc, args.results, lambda d, png: plot(d["designs"], png), write_markdown).read_text())
     return 0
 
 

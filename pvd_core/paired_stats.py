@@ -7,6 +7,8 @@ seeds, gain +0.69 +- 1.61, a CI of about [-3.3, +4.7]). Two questions, two tools
 
 - :func:`paired_t`: is the mean gain over *training seeds* different from 0? Paired-t
   95 % CI and two-sided p-value (``scipy.stats``, not hand-written t quantiles).
+- :func:`rule_outcomes`: how often the sequential rule below, looking after every pair,
+  stops on each answer for a given true gain (its error rates over repeated looks).
 - :func:`paired_ranks` (exploratory): is the gain typical of the pairs or carried by a few?
   Median gain, wins each way, Wilcoxon signed-rank p (``scipy.stats``).
 - :func:`bootstrap_gain_ci`: how much of the gain could the *validation scans* have
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -69,12 +71,38 @@ def paired_t(baseline: Sequence[float], treated: Sequence[float], confidence: fl
     if n < 2:
         return PairedResult(n, mean, math.nan, (math.nan, math.nan), math.nan)
     sd = float(d.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2.0, df=n - 1)) * sd / math.sqrt(n)
+    half = float(_t_half_width(np.float64(sd), n, confidence))
     if sd == 0.0:
         p = math.nan if mean == 0.0 else 0.0
     else:
         p = float(stats.ttest_rel(b, a).pvalue)
     return PairedResult(n, mean, sd, (mean - half, mean + half), p)
+
+
+def _t_half_width(sd: np.ndarray, n: Any, confidence: float) -> np.ndarray:
+    """Half-width of the paired-t CI for sample stdev ``sd`` of ``n`` pairs (broadcasts)."""
+    from scipy import stats
+
+    n = np.asarray(n, dtype=np.float64)
+    return stats.t.ppf(0.5 + confidence / 2.0, df=n - 1) * sd / np.sqrt(n)
+
+
+def running_ci(diffs: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Paired-t CI after each pair, for many sequences at once: ``diffs`` is (sequences, pairs).
+
+    Column k holds what :func:`paired_t` gives for the first k + 1 pairs (nan for k = 0), so a
+    simulation of the sequential rule sees exactly the benchmark's intervals.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.ndim != 2:
+        raise ValueError(f"running_ci: diffs must be (sequences, pairs), got shape {d.shape}")
+    n = np.arange(1, d.shape[1] + 1, dtype=np.float64)
+    mean = np.cumsum(d, axis=1) / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = (np.cumsum(d * d, axis=1) - n * mean * mean) / (n - 1)
+        half = _t_half_width(np.sqrt(np.maximum(var, 0.0)), n, confidence)
+    half[:, 0] = np.nan
+    return mean - half, mean + half
 
 
 @dataclass(frozen=True)
@@ -144,14 +172,49 @@ def decision(ci95: tuple[float, float], n: int, min_pairs: int = 8, margin: floa
     benchmark exists to test. Below ``min_pairs`` pairs the answer is always None: a CI
     from 2-3 pairs is too fragile (its width rests on a 2-3 point stdev) to stop on.
     """
-    lo, hi = ci95
-    if n < min_pairs or math.isnan(lo) or math.isnan(hi):
-        return None
-    if lo > 0:
-        return "gain"
-    if hi < margin:
-        return "below_margin"
-    return None
+    code = int(decision_codes(np.float64(ci95[0]), np.float64(ci95[1]), n, min_pairs, margin))
+    return {GAIN: "gain", BELOW_MARGIN: "below_margin"}.get(code)
+
+
+GAIN, BELOW_MARGIN, UNDECIDED = 1, -1, 0
+
+
+def decision_codes(lo: np.ndarray, hi: np.ndarray, n: Any, min_pairs: int = 8, margin: float = 1.5) -> np.ndarray:
+    """:func:`decision` for arrays of CIs (GAIN, BELOW_MARGIN or UNDECIDED each): the one rule."""
+    lo, hi, n = np.broadcast_arrays(np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64),
+                                    np.asarray(n))
+    ready = (n >= min_pairs) & ~np.isnan(lo) & ~np.isnan(hi)
+    return np.where(ready & (lo > 0), GAIN, np.where(ready & (hi < margin), BELOW_MARGIN, UNDECIDED))
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """How often the sequential rule ends each way, for one true gain and one noise model."""
+
+    true_gain: float
+    gain: float  # fraction of simulated benchmarks that stop on "gain"
+    below_margin: float  # ... on "below_margin"
+    undecided: float  # ... reach max_pairs without a decision
+    mean_pairs: float  # pairs run on average (max_pairs for the undecided)
+
+
+def rule_outcomes(noise: np.ndarray, true_gain: float, min_pairs: int = 8, margin: float = 1.5,
+                  confidence: float = 0.95) -> RuleOutcome:
+    """Run :func:`decision` after every pair on simulated benchmarks ``true_gain + noise``.
+
+    ``noise`` is (benchmarks, max_pairs) of zero-mean per-pair gains. The rule looks at the CI
+    after every pair from ``min_pairs`` on, so its error rates are not the nominal 2.5 % of one
+    look: this measures them (a planning figure for reading a decision, not a result).
+    """
+    d = true_gain + np.asarray(noise, dtype=np.float64)
+    lo, hi = running_ci(d, confidence)
+    codes = decision_codes(lo, hi, np.arange(1, d.shape[1] + 1), min_pairs, margin)
+    decided = codes != UNDECIDED
+    first = np.where(decided.any(axis=1), decided.argmax(axis=1), -1)
+    final = np.where(first >= 0, codes[np.arange(d.shape[0]), np.maximum(first, 0)], UNDECIDED)
+    pairs = np.where(first >= 0, first + 1, d.shape[1])
+    return RuleOutcome(float(true_gain), float(np.mean(final == GAIN)), float(np.mean(final == BELOW_MARGIN)),
+                       float(np.mean(final == UNDECIDED)), float(pairs.mean()))
 
 
 def pairs_to_decide(mean: float, stdev: float, min_pairs: int = 8, margin: float = 1.5,
@@ -164,15 +227,13 @@ def pairs_to_decide(mean: float, stdev: float, min_pairs: int = 8, margin: float
     mean halfway between 0 and the margin. None when the inputs are undefined (fewer than 2
     pairs), no CI width could clear either bound, or the answer exceeds ``limit``.
     """
-    from scipy import stats
-
     if math.isnan(mean) or math.isnan(stdev):
         return None
     room = max(mean, margin - mean)  # the CI half-width that clears the nearer bound
     if room <= 0:
         return None
     for n in range(max(2, min_pairs), limit + 1):
-        if float(stats.t.ppf(0.5 + confidence / 2.0, df=n - 1)) * stdev / math.sqrt(n) < room:
+        if float(_t_half_width(np.float64(stdev), n, confidence)) < room:
             return n
     return None
 

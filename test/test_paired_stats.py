@@ -10,7 +10,7 @@ import torch
 
 from pvd_core.fidelity import FidelityMeter
 from pvd_core.paired_stats import (bootstrap_gain_ci, decision, paired_ranks, paired_spread, paired_t,
-                                   pairs_to_decide)
+                                   pairs_to_decide, rule_outcomes, running_ci)
 
 
 def test_paired_t_hand_computed():
@@ -63,6 +63,36 @@ def test_paired_ranks_hand_computed():
     assert r.median == -1.0 and (r.treated_ahead, r.baseline_ahead) == (1, 6)
     assert math.isnan(paired_ranks([1.0, 2.0], [1.0, 2.0]).wilcoxon_p)
     assert paired_ranks([], []).n == 0
+
+
+def test_running_ci_is_paired_t_of_every_prefix():
+    rng = np.random.default_rng(3)
+    d = rng.normal(1.0, 3.0, size=(4, 12))
+    lo, hi = running_ci(d)
+    assert np.isnan(lo[:, 0]).all() and np.isnan(hi[:, 0]).all()
+    for i in range(4):
+        for k in range(2, 13):
+            ci = paired_t(np.zeros(k), d[i, :k]).ci95
+            assert (lo[i, k - 1], hi[i, k - 1]) == pytest.approx(ci, abs=1e-9)
+
+
+def test_rule_outcomes_of_the_sequential_rule():
+    # Almost no noise: a true +5 stops on "gain" at the first allowed look, a true -1 on "below_margin".
+    quiet = np.random.default_rng(0).normal(0.0, 0.01, size=(50, 20))
+    r = rule_outcomes(quiet, 5.0, min_pairs=8)
+    assert (r.gain, r.below_margin, r.undecided, r.mean_pairs) == (1.0, 0.0, 0.0, 8.0)
+    r = rule_outcomes(quiet, -1.0, min_pairs=8)
+    assert (r.gain, r.below_margin, r.mean_pairs) == (0.0, 1.0, 8.0)
+    # A true gain halfway to the margin with large noise: nothing decides within 10 pairs.
+    loud = np.random.default_rng(1).normal(0.0, 50.0, size=(200, 10))
+    assert rule_outcomes(loud, 0.75).undecided > 0.9
+    # With no true gain, looking after every pair says "gain" more often than one look's 2.5 %
+    # (the reason this is measured), and the three outcomes partition the benchmarks.
+    noise = np.random.default_rng(2).normal(0.0, 3.0, size=(20_000, 40))
+    r = rule_outcomes(noise, 0.0)
+    one_look = rule_outcomes(noise[:, :8], 0.0)
+    assert 0.015 < one_look.gain < 0.035 and r.gain > one_look.gain
+    assert r.gain + r.below_margin + r.undecided == pytest.approx(1.0)
 
 
 def test_decision_rule():
