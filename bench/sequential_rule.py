@@ -12,7 +12,10 @@ gain plus noise shaped like a result file's own pairs, two ways:
   keeps their heavy tail (two pairs of +6.9 and +9.6 among small ones in the 4000-step design).
 
 For each true gain it reports how often the rule ends on "gain", on "below_margin" or undecided at
-``--max-pairs``, and the pairs it takes. Nothing is trained; it runs in seconds.
+``--max-pairs``, and the pairs it takes; then the per-look confidence level that would hold a false
+"gain" to 2.5 % over all looks (Gaussian noise), what the rule would find with it, and the source's
+own CI at that level. The benchmark's rule stays the issue's (95 % per look); this says how to read
+it. Nothing is trained; it runs in seconds.
 
 Result: bench/results/sequential_rule.{json,md,png}; the command is in the JSON.
 """
@@ -32,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from pvd_core.paired_stats import rule_outcomes  # noqa: E402
+from pvd_core.paired_stats import paired_t, rule_outcomes  # noqa: E402
 from result_files import figure, repo_relative, save_figure, write_report  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -52,6 +55,19 @@ def noise(model: str, gains: np.ndarray, shape: tuple[int, int], rng: np.random.
         return rng.normal(0.0, gains.std(ddof=1), size=shape)
     centred = gains - gains.mean()
     return centred[rng.integers(0, centred.size, size=shape)]
+
+
+def calibrate(noise_matrix: np.ndarray, min_pairs: int, margin: float, target: float = 0.025) -> float:
+    """Per-look confidence at which the rule, looking after every pair, ends on "gain" for a true
+    gain of 0 in ``target`` of the benchmarks (bisection; the same noise for every level)."""
+    lo, hi = 0.95, 0.99999
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if rule_outcomes(noise_matrix, 0.0, min_pairs, margin, confidence=mid).gain > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
@@ -87,6 +103,16 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
     for model, rows in doc["outcomes"].items():
         lines += [f"| {model} | {r['true_gain']:+.1f} | {r['gain']:.1%} | {r['below_margin']:.1%} | "
                   f"{r['undecided']:.1%} | {r['mean_pairs']:.1f} |" for r in rows]
+    cal = doc["calibrated"]
+    lines += ["", f"A per-look confidence of {cal['confidence_per_look']:.2%} instead of 95 % would hold a false "
+              f"\"gain\" to {cal['false_gain_target']:.1%} over all looks (Gaussian noise). With it the rule "
+              "ends:", "", "| true gain | stops on gain | stops below margin | undecided | mean pairs |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {r['true_gain']:+.1f} | {r['gain']:.1%} | {r['below_margin']:.1%} | {r['undecided']:.1%} | "
+              f"{r['mean_pairs']:.1f} |" for r in cal["outcomes"]]
+    lo, hi = cal["source_ci"]
+    lines += ["", f"The source's mean gain after its {doc['observed_pairs']} pairs, CI at that level: "
+              f"[{lo:+.2f}, {hi:+.2f}] (95 %: [{cal['source_ci95'][0]:+.2f}, {cal['source_ci95'][1]:+.2f}])."]
     lines += ["", f"![the rule's answers against the true gain]({Path(doc['png']).name})"]
     path.write_text("\n".join(lines) + "\n")
 
@@ -113,11 +139,21 @@ def main() -> int:
         shape = (args.benchmarks, args.max_pairs)
         outcomes[model] = [{k: round(v, 4) for k, v in asdict(rule_outcomes(
             noise(model, gains, shape, rng), g, args.min_pairs, args.margin)).items()} for g in TRUE_GAINS]
+    calibration_noise = noise("normal", gains, (args.benchmarks, args.max_pairs), rng)
+    level = calibrate(calibration_noise, args.min_pairs, args.margin)
+    calibrated = {
+        "noise": "normal", "false_gain_target": 0.025, "confidence_per_look": round(level, 5),
+        "outcomes": [{k: round(v, 4) for k, v in asdict(rule_outcomes(
+            noise("normal", gains, (args.benchmarks, args.max_pairs), rng), g, args.min_pairs, args.margin,
+            confidence=level)).items()} for g in TRUE_GAINS],
+        "source_ci": [round(x, 4) for x in paired_t(np.zeros(gains.size), gains, confidence=level).ci95],
+        "source_ci95": [round(x, 4) for x in paired_t(np.zeros(gains.size), gains).ci95],
+    }
     doc = {"command": "python " + shlex.join(["bench/sequential_rule.py"] + sys.argv[1:]),
            "source": repo_relative(args.source), "observed_pairs": int(gains.size),
            "observed_stdev": round(float(gains.std(ddof=1)), 4), "min_pairs": args.min_pairs,
            "max_pairs": args.max_pairs, "margin": args.margin, "benchmarks": args.benchmarks, "seed": args.seed,
-           "outcomes": outcomes, "png": repo_relative(args.results.with_suffix(".png"))}
+           "outcomes": outcomes, "calibrated": calibrated, "png": repo_relative(args.results.with_suffix(".png"))}
     print(write_report(doc, args.results, plot, write_markdown).read_text())
     return 0
 
