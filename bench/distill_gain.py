@@ -223,15 +223,14 @@ def plot_sequential(pairs: list[dict[str, Any]], margin: float, min_pairs: int, 
     decision a run is and whether one pair carries it. None with fewer than two pairs."""
     if len(pairs) < 2:
         return None
-    from pvd_core.paired_stats import paired_t
+    from pvd_core.paired_stats import running_ci
 
-    gains = [p["pvd"] - p["baseline"] for p in pairs]
+    gains = np.array([p["pvd"] - p["baseline"] for p in pairs])
     n = np.arange(2, len(pairs) + 1)
-    ts = [paired_t([p["baseline"] for p in pairs[:k]], [p["pvd"] for p in pairs[:k]]) for k in n]
+    lo, hi = (bound[0, 1:] for bound in running_ci(gains[None, :]))
     fig, ax = figure((8, 5.5))
-    ax.fill_between(n, [t.ci95[0] for t in ts], [t.ci95[1] for t in ts], color="tab:orange", alpha=0.25,
-                    label="paired-t 95 % CI of the mean gain")
-    ax.plot(n, [t.mean for t in ts], color="tab:orange", marker="o", label="mean gain after n pairs")
+    ax.fill_between(n, lo, hi, color="tab:orange", alpha=0.25, label="paired-t 95 % CI of the mean gain")
+    ax.plot(n, np.cumsum(gains)[1:] / n, color="tab:orange", marker="o", label="mean gain after n pairs")
     ax.scatter(np.arange(1, len(pairs) + 1), gains, color="tab:blue", zorder=3,
                label="gain of each pair (seeds in order)")
     ax.axhline(0.0, color="black", linewidth=1.0)

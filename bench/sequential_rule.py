@@ -134,18 +134,20 @@ def main() -> int:
         ap.error(f"need 2 <= --min-pairs <= --max-pairs, got {args.min_pairs} and {args.max_pairs}")
     gains = observed_gains(args.source)
     rng = np.random.default_rng(args.seed)
-    outcomes = {}
-    for model in ("normal", "observed"):
-        shape = (args.benchmarks, args.max_pairs)
-        outcomes[model] = [{k: round(v, 4) for k, v in asdict(rule_outcomes(
-            noise(model, gains, shape, rng), g, args.min_pairs, args.margin)).items()} for g in TRUE_GAINS]
-    calibration_noise = noise("normal", gains, (args.benchmarks, args.max_pairs), rng)
-    level = calibrate(calibration_noise, args.min_pairs, args.margin)
+
+    def draw(model: str) -> np.ndarray:
+        return noise(model, gains, (args.benchmarks, args.max_pairs), rng)
+
+    def rows(model: str, confidence: float = 0.95) -> list[dict[str, float]]:
+        """The rule's outcomes for every true gain, each on fresh noise (drawn in this order)."""
+        return [{k: round(v, 4) for k, v in asdict(rule_outcomes(
+            draw(model), g, args.min_pairs, args.margin, confidence)).items()} for g in TRUE_GAINS]
+
+    outcomes = {model: rows(model) for model in ("normal", "observed")}
+    level = calibrate(draw("normal"), args.min_pairs, args.margin)
     calibrated = {
         "noise": "normal", "false_gain_target": 0.025, "confidence_per_look": round(level, 5),
-        "outcomes": [{k: round(v, 4) for k, v in asdict(rule_outcomes(
-            noise("normal", gains, (args.benchmarks, args.max_pairs), rng), g, args.min_pairs, args.margin,
-            confidence=level)).items()} for g in TRUE_GAINS],
+        "outcomes": rows("normal", level),
         "source_ci": [round(x, 4) for x in paired_t(np.zeros(gains.size), gains, confidence=level).ci95],
         "source_ci95": [round(x, 4) for x in paired_t(np.zeros(gains.size), gains).ci95],
     }
