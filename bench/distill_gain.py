@@ -15,8 +15,14 @@ Design (issue 11), on `pvd synth` data:
 - Pairs: seed s trains a baseline student (L_seg) and a PVD student (synthetic_distill.yaml)
   with the same train.seed (same init, data order, augmentation), then scores both on every
   validation scan (per-scan confusion matrices) and measures their fidelity to the teacher
-  (top-1 agreement, KL(teacher || student)). One file per pair, OUT/pairs/pair_<seed>.json (+
-  .npz), so a long run stops and continues (runs with last.pt resume). After each pair the
+  (top-1 agreement, KL(teacher || student)). One file per pair, PAIRS/pair_<seed>.json (+ .npz of
+  the per-scan confusion matrices), where PAIRS (``--pairs-dir``) defaults to a folder beside
+  ``--results``: in the repo, committed as pairs land, so the design outlives the work folder
+  (checkpoints stay in ``--out``; runs with last.pt resume). Every pair file names the teacher it
+  was scored against (its per-class IoU), and the harness refuses a pairs folder scored against
+  another teacher. A pair file without its .npz (recovered from a results JSON by
+  bench/recover_pairs.py) counts in the paired-t verdict; the per-scan and per-class figures
+  then cover the pairs that have them, and the results name those seeds. After each pair the
   paired-t 95 % CI of the mean gain is recomputed; the loop stops when it is decisive
   (lower bound > 0, or upper bound < ``--margin``) with at least ``--min-pairs`` pairs, or at
   ``--max-pairs``.
@@ -177,27 +183,42 @@ def loss_curve(run_dir: Path, key: str = "seg") -> list[Optional[float]]:
     return [round(float(np.mean(q)), 4) if len(q) else None for q in np.array_split(np.asarray(values), 4)]
 
 
+def complete_quarters(quarters: list[Optional[float]]) -> bool:
+    """Four quarters each with a logged loss (a run shorter than four logging windows has empty ones)."""
+    return len(quarters) == 4 and None not in quarters
+
+
 def last_quarter_fall(quarters: list[float]) -> float:
     """Relative fall of the loss from the third to the last quarter of a run: near 0 once it has flattened
     (under a cosine schedule it never reaches 0, the learning rate keeps shrinking the loss)."""
     return (quarters[2] - quarters[3]) / quarters[2]
 
 
-def plot_seg_loss(out: Path, pairs: list[dict[str, Any]], path: Path) -> Optional[Path]:
-    """Segmentation loss of every run against the step (as logged: the mean of each logging window),
-    with the teacher's: shows whether the students' curves have flattened. None when no run folder is left."""
+def loss_trace(run_dir: Path, key: str = "seg", points: int = 100) -> dict[str, list]:
+    """The logged ``key`` loss against the step, thinned to about ``points`` rows: small enough for a
+    committed pair file, so the loss picture survives the run folder."""
     from pvd_core.training.run_log import read_metrics
 
-    def curve(run: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
-        log = out / "runs" / run / "metrics.jsonl"
-        if not log.is_file():
-            return None
-        rows = [r for r in read_metrics(log) if r.get("kind") == "train" and r.get("seg") is not None]
-        if not rows:
-            return None
-        return np.array([r["step"] for r in rows]), np.array([r["seg"] for r in rows], dtype=float)
+    log = run_dir / "metrics.jsonl"
+    if not log.is_file():
+        return {"step": [], key: []}
+    rows = [r for r in read_metrics(log) if r.get("kind") == "train" and r.get(key) is not None]
+    rows = rows[::max(1, len(rows) // points)]
+    return {"step": [int(r["step"]) for r in rows], key: [round(float(r[key]), 5) for r in rows]}
 
-    students = {arm: [c for c in (curve(f"{arm}_s{p['seed']}") for p in pairs) if c is not None]
+
+def plot_seg_loss(out: Path, pairs: list[dict[str, Any]], path: Path) -> Optional[Path]:
+    """Segmentation loss of every run against the step (as logged: the mean of each logging window),
+    with the teacher's: shows whether the students' curves have flattened. A run's curve comes from its
+    pair file (``seg_loss_trace``) or else its run folder; None when no run has either."""
+
+    def curve(run: str, doc: Optional[dict[str, Any]] = None) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        trace = (doc or {}).get("seg_loss_trace") or loss_trace(out / "runs" / run)
+        if not trace["step"]:
+            return None
+        return np.array(trace["step"]), np.array(trace["seg"], dtype=float)
+
+    students = {arm: [c for c in (curve(f"{arm}_s{p['seed']}", p[arm]) for p in pairs) if c is not None]
                 for arm in ("baseline", "pvd")}
     if not any(students.values()):
         return None
@@ -300,13 +321,22 @@ class Scorer:
         m = self.matrices(seg)
         fid = fidelity_on_files(seg, self.teacher, self.files, "semantickitti", teacher_cache=self.teacher_logits)
         return {"miou": self.miou(m), "iou": self.iou(m), "fidelity": fid.to_dict(),
-                "loss_curve_seg": loss_curve(ckpt.parent)}, m
+                "loss_curve_seg": loss_curve(ckpt.parent), "seg_loss_trace": loss_trace(ckpt.parent)}, m
+
+
+def check_pairs_teacher(pairs_dir: Path, teacher_iou: dict[str, float]) -> None:
+    """Refuse pair files scored against another teacher: their pairs belong to another design."""
+    for path in sorted(pairs_dir.rglob("pair_*.json")):
+        recorded = json.loads(path.read_text()).get("teacher_iou")
+        if recorded != teacher_iou:
+            raise SystemExit(f"{path}: scored against a teacher with per-class IoU {recorded}, but this teacher "
+                             f"scores {teacher_iou}; use a new --pairs-dir (or the work folder of that teacher)")
 
 
 def run_pair(out: Path, data: Path, args: argparse.Namespace, scorer: Scorer, teacher_ckpt: Path, seed: int,
-             arms: dict[str, tuple[str, Optional[dict[str, Any]]]], folder: str) -> dict[str, Any]:
-    """Train and score the arms of one seed (concurrently with --jobs 2); one JSON + NPZ per pair."""
-    path = out / folder / f"pair_{seed}.json"
+             arms: dict[str, tuple[str, Optional[dict[str, Any]]]], folder: Path) -> dict[str, Any]:
+    """Train and score the arms of one seed (concurrently with --jobs 2); one JSON + NPZ per pair in ``folder``."""
+    path = folder / f"pair_{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
     ckpts: dict[str, Path] = {}
@@ -320,14 +350,14 @@ def run_pair(out: Path, data: Path, args: argparse.Namespace, scorer: Scorer, te
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for f in [pool.submit(job, a) for a in arms]:
             f.result()
-    doc: dict[str, Any] = {"seed": seed}
+    doc: dict[str, Any] = {"seed": seed, "teacher_iou": scorer.iou(scorer.teacher_matrices)}
     mats = {}
     for arm in arms:
         doc[arm], mats[arm] = scorer.score(ckpts[arm])
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path.with_suffix(".npz"), **mats)
     write_json(path, doc)
-    say(f"{folder} seed {seed}: " + ", ".join(f"{a} {doc[a]['miou']:.2f}" for a in arms))
+    say(f"{repo_relative(folder)} seed {seed}: " + ", ".join(f"{a} {doc[a]['miou']:.2f}" for a in arms))
     return doc
 
 
@@ -357,7 +387,12 @@ def teacher_ahead_gain(scorer: Scorer, behind: list[str], npz: list) -> dict[str
             "pvd_mean": round(float(np.mean(arm["pvd"])), 4), **paired_gain(arm["baseline"], arm["pvd"])}
 
 
-def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict[str, Any], pairs: list[dict],
+def scored_in_full(pairs: list[dict], pairs_dir: Path) -> list[dict]:
+    """The pairs with per-class IoU, fidelity and per-scan matrices (not those recovered from a results JSON)."""
+    return [p for p in pairs if "iou" in p["baseline"] and (pairs_dir / f"pair_{p['seed']}.npz").is_file()]
+
+
+def summarise(args: argparse.Namespace, pairs_dir: Path, scorer: Scorer, teacher: dict[str, Any], pairs: list[dict],
               ablations: dict[str, list[dict]], data_info: dict, macs: dict, command: str,
               stopped: Optional[str]) -> dict[str, Any]:
     from pvd_core.paired_stats import bootstrap_gain_ci, paired_ranks, paired_spread, paired_t, pairs_to_decide
@@ -368,6 +403,7 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
     spread = paired_spread(base, pvd)
     ranks = paired_ranks(base, pvd)
     names = scorer.teacher.label_map.class_names
+    full_pairs = scored_in_full(pairs, pairs_dir)
     doc: dict[str, Any] = {
         "pairs": [{"seed": p["seed"], "baseline": p["baseline"]["miou"], "pvd": p["pvd"]["miou"]} for p in pairs],
         "gain_mean": round(t.mean, 4) if pairs else None,
@@ -377,8 +413,8 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
         "gap_closed": (round(t.mean / (teacher["miou"] - float(np.mean(base))), 4)
                        if pairs and teacher["miou"] != float(np.mean(base)) else None),
         "classes": [names[c] for c in scorer.classes],
-        "fidelity": {arm: {k: round(float(np.mean([p[arm]["fidelity"][k] for p in pairs])), 6)
-                           for k in ("agreement", "kl")} for arm in ("baseline", "pvd")} if pairs else None,
+        "fidelity": {arm: {k: round(float(np.mean([p[arm]["fidelity"][k] for p in full_pairs])), 6)
+                           for k in ("agreement", "kl")} for arm in ("baseline", "pvd")} if full_pairs else None,
         "ablations": {},
         "command": command,
         "decision": stopped,
@@ -394,14 +430,22 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
                           "baseline_ahead": ranks.baseline_ahead, "wilcoxon_p": ranks.wilcoxon_p},
         "scoring": f"EMA of weights (train.ema_decay {args.ema_decay}), ema.pt at the last step",
     }
-    if pairs:
-        npz = [np.load(out / "pairs" / f"pair_{p['seed']}.npz") for p in pairs]
+    if len(full_pairs) < len(pairs):
+        # Fidelity, the bootstrap over scans and the per-class figures need a pair's per-scan matrices.
+        doc["scored_in_full"] = {
+            "seeds": [p["seed"] for p in full_pairs],
+            "why": "the other pairs' files were recovered from a results JSON (miou and loss quarters only); "
+                   "fidelity, gain_bootstrap_ci95_over_scans, per_class and on_teacher_ahead_classes cover these "
+                   "seeds only", "recovered_from": sorted({p["recovered_from"] for p in pairs
+                                                           if p.get("recovered_from")})}
+    if full_pairs:
+        npz = [np.load(pairs_dir / f"pair_{p['seed']}.npz") for p in full_pairs]
         doc["gain_bootstrap_ci95_over_scans"] = [round(x, 4) for x in bootstrap_gain_ci(
             [z["baseline"] for z in npz], [z["pvd"] for z in npz], scorer.classes, seed=0)]
         support = scorer.support()
         doc["per_class"] = {c: {"teacher": teacher["iou"][c],
-                                "baseline_mean": round(float(np.mean([p["baseline"]["iou"][c] for p in pairs])), 3),
-                                "pvd_mean": round(float(np.mean([p["pvd"]["iou"][c] for p in pairs])), 3),
+                                **{f"{arm}_mean": round(float(np.mean([p[arm]["iou"][c] for p in full_pairs])), 3)
+                                   for arm in ("baseline", "pvd")},
                                 "support": support[c]}
                             for c in doc["classes"]}
         doc["teacher_not_ahead_on"] = [c for c, v in doc["per_class"].items() if v["teacher"] <= v["baseline_mean"]]
@@ -428,12 +472,13 @@ def summarise(args: argparse.Namespace, out: Path, scorer: Scorer, teacher: dict
                                                   "ci95": [round(x, 4) for x in vb.ci95]},
                                   "full_vs_baseline_same_seeds": round(fb.mean, 4) if runs else None}
     doc.update({"teacher_detail": teacher, "macs": macs, "data": data_info,
-                "settings": {k: v for k, v in vars(args).items() if k not in ("out", "results")},
+                "settings": {k: v for k, v in vars(args).items() if k not in ("out", "results", "pairs_dir")},
+                "pairs_dir": repo_relative(pairs_dir),
                 "student_model": STUDENT_MODEL, "loss_curves_seg": {
                     f"{arm}_s{p['seed']}": p[arm]["loss_curve_seg"] for p in pairs for arm in ("baseline", "pvd")}})
     if pairs:
         falls = {arm: [last_quarter_fall(p[arm]["loss_curve_seg"]) for p in pairs
-                       if len(p[arm]["loss_curve_seg"]) == 4] for arm in ("baseline", "pvd")}
+                       if complete_quarters(p[arm]["loss_curve_seg"])] for arm in ("baseline", "pvd")}
         doc["seg_loss_last_quarter_fall"] = {arm: round(float(np.mean(v)), 4) if v else None
                                              for arm, v in falls.items()}
     return json.loads(json.dumps(doc, default=float).replace("NaN", "null"))
@@ -463,6 +508,12 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
               f"{_interval(doc['gain_ci95'])}, p = {_num(doc['p_value'], '.3g')}, bootstrap CI over scans "
               f"{_interval(boot)}, gap closed {_num(doc['gap_closed'], '.2f')}; decision: "
               f"{doc['decision'] or 'none yet'}{projection}."]
+    partial = doc.get("scored_in_full")
+    if partial:
+        lines += ["", f"Fidelity, the bootstrap over scans and the per-class figures cover only the "
+                  f"{len(partial['seeds'])} pairs scored in full here (seeds {', '.join(map(str, partial['seeds']))}): "
+                  f"the files of the others were recovered from {', '.join(partial['recovered_from'])} "
+                  "(mIoU and loss quarters only), and git history holds their earlier per-class report."]
     if fid:
         lines += ["", "Fidelity to the teacher on validation (mean over the pairs): top-1 agreement "
                   + ", ".join(f"{arm} {v['agreement']:.3f}" for arm, v in fid.items()) + "; KL(teacher || student) "
@@ -504,20 +555,20 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
             lines += ["", f"Over the {len(ahead['classes'])} classes where it is ahead (a list fixed by the teacher "
                       f"and the baselines, not by PVD): teacher {ahead['teacher']:.2f}, baseline "
                       f"{ahead['baseline_mean']:.2f}, PVD {ahead['pvd_mean']:.2f}; PVD's gain "
-                      f"{ahead['gain_mean']:+.2f}, 95 % CI [{lo:.2f}, {hi:.2f}], p = {ahead['p_value']:.3g}."]
+                      f"{ahead['gain_mean']:+.2f}, 95 % CI [{lo:.2f}, {hi:.2f}], p = {_num(ahead['p_value'], '.3g')}."]
     curves = doc.get("loss_curves_seg", {})
     if curves:
         lines += ["", "Segmentation loss, mean over each quarter of the run (flat last quarters = converged; "
                   "the last column is the relative fall from Q3 to Q4):", "",
                   "| arm | Q1 | Q2 | Q3 | Q4 | Q3 to Q4 |", "|---|---|---|---|---|---|"]
         for arm in ("baseline", "pvd"):
-            rows = [c for k, c in curves.items() if k.startswith(arm + "_s") and len(c) == 4]
+            rows = [c for k, c in curves.items() if k.startswith(arm + "_s") and complete_quarters(c)]
             if rows:
                 mean = np.mean(rows, axis=0)
                 lines.append(f"| {arm} (mean of {len(rows)}) | " + " | ".join(f"{v:.3f}" for v in mean)
                              + f" | {last_quarter_fall(list(mean)):.1%} |")
         teacher_curve = doc.get("teacher_detail", {}).get("loss_curve_seg") or []
-        if len(teacher_curve) == 4:
+        if complete_quarters(teacher_curve):
             lines.append("| teacher | " + " | ".join(f"{v:.3f}" for v in teacher_curve)
                          + f" | {last_quarter_fall(teacher_curve):.1%} |")
     if doc.get("seg_loss_png"):
@@ -527,7 +578,7 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("/tmp/distill_gain"), help="work folder (data, runs, pairs)")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/distill_gain"), help="work folder (data, runs)")
     ap.add_argument("--steps", type=int, default=1500, help="optimiser steps of every student")
     ap.add_argument("--teacher-steps", type=int, default=3000, help="teacher steps (>= --steps)")
     ap.add_argument("--scans", type=int, default=40, help="scans per training town (4 towns)")
@@ -544,6 +595,8 @@ def main() -> int:
     ap.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS))
     ap.add_argument("--jobs", type=int, default=2, help="trainings at once (one torch thread each)")
     ap.add_argument("--results", type=Path, default=RESULTS / "distill_gain.json")
+    ap.add_argument("--pairs-dir", type=Path, default=None,
+                    help="one JSON + NPZ per pair (default: RESULTS_pairs/ beside --results, committed with it)")
     args = ap.parse_args()
     if args.teacher_steps < args.steps:
         ap.error(f"--teacher-steps {args.teacher_steps} < --steps {args.steps}: the teacher must train at least "
@@ -555,6 +608,7 @@ def main() -> int:
 
     command = "python " + shlex.join(["bench/distill_gain.py"] + sys.argv[1:])
     out = args.out.resolve()
+    pairs_dir = (args.pairs_dir or args.results.with_name(args.results.stem + "_pairs")).resolve()
     data = out / "data"
     data_info = make_data(data, args, out / "logs" / "synth.log")
 
@@ -576,6 +630,7 @@ def main() -> int:
         write_json(macs_path, {"teacher": t_macs, "student": s_macs, "ratio": round(s_macs / t_macs, 4)})
     macs = json.loads(macs_path.read_text())
     say(f"teacher mIoU {teacher['miou']:.2f}; student/teacher MACs {macs['ratio']}")
+    check_pairs_teacher(pairs_dir, teacher["iou"])
 
     arms = {"baseline": ("synthetic_student.yaml", None), "pvd": ("synthetic_distill.yaml", {})}
     pairs: list[dict] = []
@@ -583,7 +638,7 @@ def main() -> int:
     stopped: Optional[str] = None
 
     def publish() -> None:
-        doc = summarise(args, out, scorer, teacher, pairs, ablations, data_info, macs, command, stopped)
+        doc = summarise(args, pairs_dir, scorer, teacher, pairs, ablations, data_info, macs, command, stopped)
         png = plot_seg_loss(out, pairs, args.results.with_name(args.results.stem + "_seg_loss.png"))
         doc["seg_loss_png"] = repo_relative(png)
         doc["sequential_png"] = repo_relative(plot_sequential(
@@ -592,7 +647,7 @@ def main() -> int:
         write_markdown(doc, args.results.with_suffix(".md"))
 
     for seed in range(args.first_seed, args.first_seed + args.max_pairs):
-        pairs.append(run_pair(out, data, args, scorer, teacher_ckpt, seed, arms, "pairs"))
+        pairs.append(run_pair(out, data, args, scorer, teacher_ckpt, seed, arms, pairs_dir))
         t = paired_t([p["baseline"]["miou"] for p in pairs], [p["pvd"]["miou"] for p in pairs])
         stopped = decision(t.ci95, t.n, args.min_pairs, args.margin)
         publish()
@@ -603,7 +658,7 @@ def main() -> int:
     for name in args.ablations:
         for seed in [p["seed"] for p in pairs][:args.ablation_pairs]:
             doc = run_pair(out, data, args, scorer, teacher_ckpt, seed,
-                           {name: ("synthetic_distill.yaml", ABLATIONS[name])}, f"ablations/{name}")
+                           {name: ("synthetic_distill.yaml", ABLATIONS[name])}, pairs_dir / "ablations" / name)
             ablations[name].append(doc)
             publish()
     say(f"done; results in {args.results}")

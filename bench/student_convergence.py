@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from distill_gain import last_quarter_fall  # noqa: E402
+from distill_gain import complete_quarters, last_quarter_fall  # noqa: E402
 from pvd_core.paired_stats import paired_t  # noqa: E402
 from result_files import figure, repo_relative, save_figure, write_report  # noqa: E402
 
@@ -52,7 +52,7 @@ def design(path: Path) -> dict[str, Any]:
     if not falls:  # older files: derive it from the per-run quarter means they carry
         curves = doc.get("loss_curves_seg", {})
         falls = {arm: round(float(np.mean([last_quarter_fall(c) for k, c in curves.items()
-                                           if k.startswith(arm + "_s") and len(c) == 4])), 4)
+                                           if k.startswith(arm + "_s") and complete_quarters(c)])), 4)
                  for arm in ("baseline", "pvd")}
     return {"file": repo_relative(path),
             "steps": doc["settings"]["steps"], "teacher_steps": doc["settings"]["teacher_steps"],

@@ -1,0 +1,68 @@
+"""The distillation benchmark's pair files: the committed record a long paired design continues from.
+
+A pair recovered from a results JSON must join only the design it came from (same teacher) and
+must not be mistaken for a pair scored in full (it has no per-scan matrices)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import distill_gain  # noqa: E402
+import recover_pairs  # noqa: E402
+
+TEACHER = {"car": 92.326, "road": 95.8}
+
+
+def results_doc() -> dict:
+    return {"pairs": [{"seed": 3, "baseline": 50.1, "pvd": 51.7}, {"seed": 4, "baseline": 49.0, "pvd": 48.5}],
+            "teacher_detail": {"miou": 94.06, "iou": TEACHER},
+            "loss_curves_seg": {"baseline_s3": [2.0, 1.0, 0.8, 0.7], "pvd_s3": [2.1, 1.1, 0.9, 0.8],
+                                "baseline_s4": [2.0, 1.0, 0.8, 0.75]}}
+
+
+def test_recovered_pairs_keep_each_arm_miou_loss_quarters_and_the_teacher() -> None:
+    pairs = recover_pairs.recovered_pairs(results_doc(), "abc123:bench/results/x.json")
+    assert [p["seed"] for p in pairs] == [3, 4]
+    assert pairs[0]["baseline"] == {"miou": 50.1, "loss_curve_seg": [2.0, 1.0, 0.8, 0.7]}
+    assert pairs[0]["pvd"]["miou"] == 51.7
+    assert pairs[1]["pvd"]["loss_curve_seg"] == []  # not in the source: left empty, never invented
+    assert all(p["teacher_iou"] == TEACHER and p["recovered_from"] == "abc123:bench/results/x.json" for p in pairs)
+
+
+def test_recovery_refuses_a_file_that_is_not_a_distill_gain_result() -> None:
+    with pytest.raises(SystemExit, match="no 'teacher_detail'"):
+        recover_pairs.recovered_pairs({"pairs": [], "loss_curves_seg": {}}, "abc:x.json")
+
+
+def test_pairs_scored_against_another_teacher_are_refused(tmp_path: Path) -> None:
+    sub = tmp_path / "ablations" / "no_out_p"
+    sub.mkdir(parents=True)
+    (tmp_path / "pair_0.json").write_text(json.dumps({"seed": 0, "teacher_iou": TEACHER}))
+    distill_gain.check_pairs_teacher(tmp_path, dict(TEACHER))  # same teacher: accepted
+    (sub / "pair_0.json").write_text(json.dumps({"seed": 0, "teacher_iou": {**TEACHER, "car": 90.0}}))
+    with pytest.raises(SystemExit, match="no_out_p/pair_0.json: scored against a teacher"):
+        distill_gain.check_pairs_teacher(tmp_path, dict(TEACHER))
+
+
+def test_only_pairs_with_per_scan_matrices_count_as_scored_in_full(tmp_path: Path) -> None:
+    full = {"seed": 5, "baseline": {"miou": 50.0, "iou": {"car": 90.0}}, "pvd": {"miou": 51.0, "iou": {"car": 91.0}}}
+    recovered = recover_pairs.recovered_pairs(results_doc(), "abc:x.json")
+    np.savez_compressed(tmp_path / "pair_5.npz", baseline=np.zeros((1, 2, 2)), pvd=np.zeros((1, 2, 2)))
+    np.savez_compressed(tmp_path / "pair_3.npz", baseline=np.zeros((1, 2, 2)), pvd=np.zeros((1, 2, 2)))
+    no_matrices = {**full, "seed": 6}  # per-class IoU but its .npz is gone: no bootstrap over scans possible
+    # pair 3 has a stray .npz but no per-class IoU: still not scored in full
+    assert distill_gain.scored_in_full(recovered + [full, no_matrices], tmp_path) == [full]
+
+
+def test_loss_trace_thins_a_run_log_and_survives_a_missing_one(tmp_path: Path) -> None:
+    rows = [{"kind": "train", "step": s, "seg": 2.0 / s} for s in range(1, 1001)] + [{"kind": "val", "step": 1000}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trace = distill_gain.loss_trace(tmp_path, points=100)
+    assert len(trace["step"]) == 100 and trace["step"][0] == 1 and trace["seg"][0] == 2.0
+    assert distill_gain.loss_trace(tmp_path / "gone") == {"step": [], "seg": []}
