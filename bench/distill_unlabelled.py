@@ -2,7 +2,7 @@
 """What unlabelled scans buy PVD: paired seeds, labelled-only PVD vs the same plus unlabelled scans.
 
 Synthetic part (``--gain-out``, the work folder of bench/distill_gain.py, whose teacher, data and
-PVD runs it reuses):
+PVD runs it reuses; ``--gain-pairs``, its pair files, whose scores of those PVD runs and baselines it reads):
 
 - labelled arm: distill_gain's PVD student ``pvd_s<seed>`` (4 labelled towns);
 - unlabelled arm: the same config, seed and steps plus ``--unlabelled`` 4x as many towns
@@ -84,7 +84,7 @@ def synthetic_pair(gain_out: Path, unl_root: Path, args: argparse.Namespace, sco
                           ("--unlabelled", str(unl_root), "--unlabelled-ratio", str(args.unlabelled_ratio)))
     doc: dict[str, Any] = {"seed": seed}
     mats = {}
-    scored = gain_out / "pairs" / f"pair_{seed}.json"  # distill_gain already scored the same PVD run
+    scored = args.gain_pairs / f"pair_{seed}.json"  # distill_gain already scored the same PVD run
     if scored.is_file():
         doc["labelled"] = json.loads(scored.read_text())["pvd"]
         mats["labelled"] = np.load(scored.with_suffix(".npz"))["pvd"]
@@ -117,7 +117,7 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "pairs": [{"seed": p["seed"], "labelled": p["labelled"]["miou"], "unlabelled": p["unlabelled"]["miou"]}
                   for p in pairs],
-        "vs_baseline": vs_supervised_baseline(gain_out, pairs),
+        "vs_baseline": vs_supervised_baseline(args.gain_pairs, pairs),
         "vs_ratio_1": vs_ratio_1(gain_out, pairs) if ratio_tag(args) else {},
         **dg.paired_gain([p["labelled"]["miou"] for p in pairs], [p["unlabelled"]["miou"] for p in pairs]),
         "gain_bootstrap_ci95_over_scans": [round(x, 4) for x in bootstrap_gain_ci(
@@ -151,11 +151,11 @@ def vs_ratio_1(gain_out: Path, pairs: list[dict[str, Any]]) -> dict[str, Any]:
             **dg.paired_gain(ratio_1, [p["unlabelled"]["miou"] for p in pairs])}
 
 
-def vs_supervised_baseline(gain_out: Path, pairs: list[dict[str, Any]]) -> dict[str, Any]:
+def vs_supervised_baseline(gain_pairs: Path, pairs: list[dict[str, Any]]) -> dict[str, Any]:
     """PVD + unlabelled against distill_gain's supervised baseline of the same seeds (paired-t), over the
     seeds distill_gain has scored (named in ``seeds``); empty when there are fewer than two."""
 
-    scored = [(p, gain_out / "pairs" / f"pair_{p['seed']}.json") for p in pairs]
+    scored = [(p, gain_pairs / f"pair_{p['seed']}.json") for p in pairs]
     scored = [(p, f) for p, f in scored if f.is_file()]
     if len(scored) < 2:
         return {}
@@ -299,6 +299,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gain-out", type=Path, default=Path("/tmp/distill_gain"),
                     help="bench/distill_gain.py's work folder (teacher, data, PVD runs)")
+    ap.add_argument("--gain-pairs", type=Path, default=REPO / "bench" / "results" / "distill_gain_pairs",
+                    help="bench/distill_gain.py's pair files (its --pairs-dir: RESULTS_pairs/ beside its --results)")
     ap.add_argument("--steps", type=int, default=300, help="student steps (as the distill_gain run)")
     ap.add_argument("--scans", type=int, default=40, help="scans per town (as the distill_gain run)")
     ap.add_argument("--val-towns", type=int, default=3)
