@@ -172,6 +172,19 @@ def train(out: Path, data: Path, name: str, cfg: Path, steps: int, teacher: Opti
     return run_dir / "ema.pt"
 
 
+def given_teacher(args: argparse.Namespace) -> Path:
+    """``--teacher``, checked against the design: trained ``--teacher-steps`` steps (its meta says)."""
+    from pvd_core.checkpoint import load_checkpoint
+
+    path = args.teacher.resolve()
+    if not path.is_file():
+        raise SystemExit(f"--teacher {path}: no such file")
+    steps = int(load_checkpoint(path).meta.get("step", 0))
+    if steps != args.teacher_steps:
+        raise SystemExit(f"--teacher {path}: trained {steps} steps, but --teacher-steps is {args.teacher_steps}")
+    return path
+
+
 def loss_curve(run_dir: Path, key: str = "seg") -> list[Optional[float]]:
     """Mean ``key`` loss over each quarter of the run: flat last quarters = a converged run."""
     from pvd_core.training.run_log import read_metrics
@@ -472,7 +485,8 @@ def summarise(args: argparse.Namespace, pairs_dir: Path, scorer: Scorer, teacher
                                                   "ci95": [round(x, 4) for x in vb.ci95]},
                                   "full_vs_baseline_same_seeds": round(fb.mean, 4) if runs else None}
     doc.update({"teacher_detail": teacher, "macs": macs, "data": data_info,
-                "settings": {k: v for k, v in vars(args).items() if k not in ("out", "results", "pairs_dir")},
+                "settings": {k: v for k, v in vars(args).items()
+                             if k not in ("out", "results", "pairs_dir", "teacher")},
                 "pairs_dir": repo_relative(pairs_dir),
                 "student_model": STUDENT_MODEL, "loss_curves_seg": {
                     f"{arm}_s{p['seed']}": p[arm]["loss_curve_seg"] for p in pairs for arm in ("baseline", "pvd")}})
@@ -595,6 +609,9 @@ def main() -> int:
     ap.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS))
     ap.add_argument("--jobs", type=int, default=2, help="trainings at once (one torch thread each)")
     ap.add_argument("--results", type=Path, default=RESULTS / "distill_gain.json")
+    ap.add_argument("--teacher", type=Path, default=None,
+                    help="a trained teacher checkpoint (e.g. models/bench/synthetic_teacher4000.pt) instead of "
+                         "training one in --out: a design continues across machines only with its own teacher")
     ap.add_argument("--pairs-dir", type=Path, default=None,
                     help="one JSON + NPZ per pair (default: RESULTS_pairs/ beside --results, committed with it)")
     args = ap.parse_args()
@@ -612,11 +629,13 @@ def main() -> int:
     data = out / "data"
     data_info = make_data(data, args, out / "logs" / "synth.log")
 
-    teacher_ckpt = train(out, data, "teacher", write_config(out, "teacher", "synthetic_teacher.yaml", args, 0,
-                                                             student=False), args.teacher_steps, None)
+    teacher_ckpt = given_teacher(args) if args.teacher else train(
+        out, data, "teacher", write_config(out, "teacher", "synthetic_teacher.yaml", args, 0, student=False),
+        args.teacher_steps, None)
     scorer = Scorer(teacher_ckpt, data, args)
     teacher = {"miou": scorer.miou(scorer.teacher_matrices), "iou": scorer.iou(scorer.teacher_matrices),
-               "steps": args.teacher_steps, "loss_curve_seg": loss_curve(teacher_ckpt.parent)}
+               "steps": args.teacher_steps, "loss_curve_seg": loss_curve(teacher_ckpt.parent),
+               "checkpoint": repo_relative(teacher_ckpt)}
     macs_path = out / "macs.json"
     if not macs_path.is_file():
         scan = scorer.files[0][0]

@@ -73,8 +73,13 @@ def _current_umask() -> int:
 
 
 def save_checkpoint(path: PathLike, model: nn.Module, config: Config, label_map: LabelMap,
-                    meta: Optional[dict] = None, train_state: Optional[dict] = None) -> None:
-    """Write a checkpoint atomically; ``meta`` keys override the defaults of META_KEYS."""
+                    meta: Optional[dict] = None, train_state: Optional[dict] = None,
+                    float_dtype: Optional[torch.dtype] = None) -> None:
+    """Write a checkpoint atomically; ``meta`` keys override the defaults of META_KEYS.
+
+    ``float_dtype`` (e.g. torch.float16) stores the floating-point tensors in that type: half the
+    file for an inference or teacher checkpoint; loading casts them back to the model's dtype
+    (``load_state_dict`` copies), so the weights are the rounded ones, nothing else changes."""
     path = Path(path)
     full_meta: dict[str, Any] = {
         "dataset": config.dataset.kind,
@@ -85,6 +90,9 @@ def save_checkpoint(path: PathLike, model: nn.Module, config: Config, label_map:
     }
     full_meta.update(meta or {})
     state = {k: v.detach().to("cpu") for k, v in _unwrap(model).state_dict().items()}
+    if float_dtype is not None:
+        state = {k: v.to(float_dtype) if v.is_floating_point() else v for k, v in state.items()}
+        full_meta["stored_dtype"] = str(float_dtype).removeprefix("torch.")
     payload = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -231,14 +239,16 @@ def load_weights_into(model: nn.Module, path: PathLike, label_map: LabelMap) -> 
     return ckpt
 
 
-def export_checkpoint(source: PathLike, out: PathLike, meta_updates: Optional[dict] = None) -> Checkpoint:
+def export_checkpoint(source: PathLike, out: PathLike, meta_updates: Optional[dict] = None,
+                      float_dtype: Optional[torch.dtype] = None) -> Checkpoint:
     """Write ``source`` again as an inference checkpoint: weights, config, label map and metadata
-    (with ``meta_updates`` merged in), without the optimiser state that makes a run's last.pt 3x larger."""
+    (with ``meta_updates`` merged in), without the optimiser state that makes a run's last.pt 3x larger;
+    ``float_dtype`` as in save_checkpoint."""
     from pvd_core.models.cylinder3d import Cylinder3D
 
     ckpt = load_checkpoint(source)
     model = Cylinder3D(ckpt.config.model, ckpt.config.grid, ckpt.label_map.num_classes)
     model.load_state_dict(ckpt.model_state, strict=True)
     meta = dict(ckpt.meta, exported_from=str(source), **(meta_updates or {}))
-    save_checkpoint(out, model, ckpt.config, ckpt.label_map, meta)
+    save_checkpoint(out, model, ckpt.config, ckpt.label_map, meta, float_dtype=float_dtype)
     return load_checkpoint(out)

@@ -180,3 +180,26 @@ def test_export_writes_an_inference_checkpoint_with_its_terms(tmp_path: Path) ->
     assert shipped.meta["licence"] == SEMANTICKITTI_LICENCE and "non-commercial" in model_card(shipped.meta)
     assert all(torch.equal(shipped.model_state[k], v) for k, v in model.state_dict().items())
     assert "no data licence" in model_card({"trained_on": "synthetic streets"})
+
+
+def test_half_export_stores_float16_and_loads_back_as_the_rounded_float32_model(saved, tmp_path: Path) -> None:
+    from pvd_core.cli import main as pvd_main
+
+    path, model, cfg = saved
+    out = tmp_path / "half.pt"
+    assert pvd_main(["export", "--checkpoint", str(path), "--out", str(out), "--trained-on", "random points",
+                     "--licence", "none", "--half"]) == 0
+    half = load_checkpoint(out)
+    assert half.meta["stored_dtype"] == "float16" and half.meta["step"] == 7
+    own = model.state_dict()
+    for key, value in half.model_state.items():  # floats halved, integer buffers (BN batch counts) kept
+        assert value.dtype == (torch.float16 if own[key].is_floating_point() else own[key].dtype), key
+    assert out.stat().st_size < 0.6 * path.stat().st_size
+    restored = build_model_from_checkpoint(half, cfg)
+    for key, value in restored.state_dict().items():  # float32 again, holding exactly the rounded weights
+        expected = own[key].to(torch.float16).to(own[key].dtype) if own[key].is_floating_point() else own[key]
+        assert value.dtype == own[key].dtype and torch.equal(value, expected), key
+    batch = small_batch(cfg)
+    with torch.inference_mode():
+        a, b = model(batch).point_logits, restored(batch).point_logits
+    assert not torch.equal(a, b) and torch.allclose(a, b, rtol=0.05, atol=0.05)
