@@ -524,8 +524,9 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
               f"{doc['decision'] or 'none yet'}{projection}."]
     partial = doc.get("scored_in_full")
     if partial:
+        seeds = ", ".join(map(str, partial["seeds"]))
         lines += ["", f"Fidelity, the bootstrap over scans and the per-class figures cover only the "
-                  f"{len(partial['seeds'])} pairs scored in full here (seeds {', '.join(map(str, partial['seeds']))}): "
+                  f"{len(partial['seeds'])} pair(s) scored in full here (seeds {seeds}): "
                   f"the files of the others were recovered from {', '.join(partial['recovered_from'])} "
                   "(mIoU and loss quarters only), and git history holds their earlier per-class report."]
     if fid:
