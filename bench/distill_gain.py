@@ -185,12 +185,18 @@ def given_teacher(args: argparse.Namespace) -> Path:
     return path
 
 
-def loss_curve(run_dir: Path, key: str = "seg") -> list[Optional[float]]:
-    """Mean ``key`` loss over each quarter of the run: flat last quarters = a converged run."""
+def train_rows(run_dir: Path, key: str) -> list[dict[str, Any]]:
+    """The run's logged training lines that carry ``key`` (none when its log is gone)."""
     from pvd_core.training.run_log import read_metrics
 
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    values = [r[key] for r in rows if r.get("kind") == "train" and r.get(key) is not None]
+    log = run_dir / "metrics.jsonl"
+    return [r for r in read_metrics(log) if r.get("kind") == "train" and r.get(key) is not None] \
+        if log.is_file() else []
+
+
+def loss_curve(run_dir: Path, key: str = "seg") -> list[Optional[float]]:
+    """Mean ``key`` loss over each quarter of the run: flat last quarters = a converged run."""
+    values = [r[key] for r in train_rows(run_dir, key)]
     if not values:
         return []
     return [round(float(np.mean(q)), 4) if len(q) else None for q in np.array_split(np.asarray(values), 4)]
@@ -210,12 +216,7 @@ def last_quarter_fall(quarters: list[float]) -> float:
 def loss_trace(run_dir: Path, key: str = "seg", points: int = 100) -> dict[str, list]:
     """The logged ``key`` loss against the step, thinned to about ``points`` rows: small enough for a
     committed pair file, so the loss picture survives the run folder."""
-    from pvd_core.training.run_log import read_metrics
-
-    log = run_dir / "metrics.jsonl"
-    if not log.is_file():
-        return {"step": [], key: []}
-    rows = [r for r in read_metrics(log) if r.get("kind") == "train" and r.get(key) is not None]
+    rows = train_rows(run_dir, key)
     rows = rows[::max(1, len(rows) // points)]
     return {"step": [int(r["step"]) for r in rows], key: [round(float(r[key]), 5) for r in rows]}
 
