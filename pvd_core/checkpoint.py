@@ -72,6 +72,23 @@ def _current_umask() -> int:
     return mask
 
 
+def _cast_floats(state: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``state`` with its floating-point tensors in ``dtype``, except those that would overflow it;
+    returns the new state and {name: kept dtype} of the exceptions."""
+    limit = torch.finfo(dtype).max
+    out: dict[str, torch.Tensor] = {}
+    kept: dict[str, str] = {}
+    for name, value in state.items():
+        if not value.is_floating_point():
+            out[name] = value
+        elif value.numel() and bool((value[torch.isfinite(value)].abs() > limit).any()):
+            out[name] = value
+            kept[name] = str(value.dtype).removeprefix("torch.")
+        else:
+            out[name] = value.to(dtype)
+    return out, kept
+
+
 def save_checkpoint(path: PathLike, model: nn.Module, config: Config, label_map: LabelMap,
                     meta: Optional[dict] = None, train_state: Optional[dict] = None,
                     float_dtype: Optional[torch.dtype] = None) -> None:
@@ -79,7 +96,10 @@ def save_checkpoint(path: PathLike, model: nn.Module, config: Config, label_map:
 
     ``float_dtype`` (e.g. torch.float16) stores the floating-point tensors in that type: half the
     file for an inference or teacher checkpoint; loading casts them back to the model's dtype
-    (``load_state_dict`` copies), so the weights are the rounded ones, nothing else changes."""
+    (``load_state_dict`` copies), so the weights are the rounded ones, nothing else changes.
+    A tensor with a value beyond that type's range keeps its own dtype (meta ``kept_dtype`` names
+    it): a trained teacher's batch-norm running variances reach 1e7, and as float16 (max 65504)
+    they would become inf and silence their channels."""
     path = Path(path)
     full_meta: dict[str, Any] = {
         "dataset": config.dataset.kind,
@@ -91,8 +111,9 @@ def save_checkpoint(path: PathLike, model: nn.Module, config: Config, label_map:
     full_meta.update(meta or {})
     state = {k: v.detach().to("cpu") for k, v in _unwrap(model).state_dict().items()}
     if float_dtype is not None:
-        state = {k: v.to(float_dtype) if v.is_floating_point() else v for k, v in state.items()}
+        state, kept = _cast_floats(state, float_dtype)
         full_meta["stored_dtype"] = str(float_dtype).removeprefix("torch.")
+        full_meta["kept_dtype"] = kept
     payload = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

@@ -91,6 +91,22 @@ def top_class(class_major: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return label.long(), confidence
 
 
+def half_precision(model: nn.Module) -> nn.Module:
+    """``model`` in float16 except its batch norms, which keep float32 parameters and statistics
+    (torch's batch norm takes float16 input with float32 statistics and returns float16).
+
+    A trained teacher's running variances reach 1e7, past float16's 65504: as inf they would
+    turn their channels into constants, silently (a float16 export of such a teacher lost
+    0.72 mIoU so before save_checkpoint kept them float32)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    kept = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+    model.half()
+    for module, state in zip(norms, kept):
+        module.float()
+        module.load_state_dict(state)
+    return model
+
+
 class Segmenter:
     """A loaded model plus its grid and label map; ``segment`` is the per-scan call.
 
@@ -128,7 +144,7 @@ class Segmenter:
         self.point_rule = point_rule
         model = model.to(self.device).eval()
         if self.fp16:
-            model = model.half()
+            model = half_precision(model)
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model

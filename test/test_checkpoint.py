@@ -203,3 +203,24 @@ def test_half_export_stores_float16_and_loads_back_as_the_rounded_float32_model(
     with torch.inference_mode():
         a, b = model(batch).point_logits, restored(batch).point_logits
     assert not torch.equal(a, b) and torch.allclose(a, b, rtol=0.05, atol=0.05)
+
+
+def test_half_export_keeps_tensors_that_would_overflow_float16(saved, tmp_path: Path) -> None:
+    """A trained teacher's BN running variances reach 1e7: as float16 they would be inf, and
+    BN would divide its channel by infinity. Such tensors stay float32, and meta says which."""
+    _, model, cfg = saved
+    big = next(k for k in model.state_dict() if k.endswith("running_var"))
+    with torch.no_grad():
+        model.get_submodule(big.rsplit(".", 1)[0]).running_var.mul_(0).add_(1e7)
+    out = tmp_path / "half.pt"
+    save_checkpoint(out, model, cfg, SEMANTIC_KITTI, {"step": 7}, float_dtype=torch.float16)
+    half = load_checkpoint(out)
+    assert half.meta["kept_dtype"] == {big: "float32"}
+    assert half.model_state[big].dtype == torch.float32 and torch.equal(half.model_state[big], model.state_dict()[big])
+    others = [k for k, v in half.model_state.items() if v.is_floating_point() and k != big]
+    assert others and all(half.model_state[k].dtype == torch.float16 for k in others)
+    restored = build_model_from_checkpoint(half, cfg)
+    batch = small_batch(cfg)
+    with torch.inference_mode():
+        a, b = model(batch).point_logits, restored(batch).point_logits
+    assert torch.isfinite(b).all() and torch.allclose(a, b, rtol=0.05, atol=0.05)

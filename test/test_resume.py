@@ -8,6 +8,7 @@ batches, learning rates and RNG states.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -132,3 +133,17 @@ def test_resume_without_a_checkpoint_is_an_error(data, tmp_path):
     proc = run_pvd("train", "--config", str(cfg), "--out", str(tmp_path / "none"), "--resume", check=False)
     assert proc.returncode == 1
     assert "last.pt not found" in proc.stderr
+
+
+def test_fresh_start_replaces_the_log_of_a_run_killed_before_its_first_checkpoint(data, tmp_path):
+    """No last.pt, so no --resume: the old lines must go, or the loss curve shows every step twice."""
+    cfg = tiny_config(tmp_path / "cfg.yaml", data, init_size=4, max_steps=4, checkpoint_every=4, log_every=2,
+                      val_every=100)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    stale = [{"kind": "train", "step": s, "loss": 999.0} for s in (2, 4)]
+    (run_dir / "metrics.jsonl").write_text("".join(f"{json.dumps(r)}\n" for r in stale))
+    proc = run_pvd("train", "--config", str(cfg), "--out", str(run_dir), "--no-progress")
+    assert "dropped 2 metrics line(s)" in proc.stdout
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == [2, 4] and all(r["loss"] != 999.0 for r in rows)

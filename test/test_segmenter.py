@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from pvd_core.checkpoint import save_checkpoint
 from pvd_core.cli import main as pvd_main
@@ -308,3 +309,39 @@ def test_point_rule_refuses_bad_limits_naming_them(kwargs, match):
 
     with pytest.raises(ValueError, match=match):
         PointRule(**kwargs)
+
+
+def test_half_precision_keeps_batch_norm_statistics_that_float16_cannot_hold():
+    """Long-trained models carry BN running variances of 1e5-1e7 (a 4000-step teacher: 1e7), past
+    float16's 65504. Cast whole, those become inf and their channels constant; the fp16 path
+    keeps batch norms in float32. (spconv runs float16 on this CPU too, so the forward is real.)"""
+    import copy
+
+    from pvd_core.models.fusion import fold_point_mlps
+    from pvd_core.segmenter import half_precision
+    from pvd_core.voxelizer import CylindricalVoxelizer
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch = collate_scans([CylindricalVoxelizer(cfg.grid)(cloud(600))], cfg.grid.size)
+    model.train()
+    with torch.no_grad():
+        model(batch)  # real statistics
+        model.eval()
+        for name, module in model.named_modules():  # x1e6 variance, x1e3 scale: the same function in float32
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and "spconv_seg" in name:
+                module.running_var.mul_(1e6)
+                module.weight.mul_(1e3)
+        reference = model(batch).voxel_logits
+        half = half_precision(fold_point_mlps(model))
+        norms = [m for m in half.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        assert norms and all(t.dtype == torch.float32 for m in norms for t in m.state_dict().values()
+                             if t.is_floating_point())
+        assert all(m.weight.dtype == torch.float16 for m in half.modules() if isinstance(m, nn.Linear))
+        out = half(batch)
+        naive = copy.deepcopy(model).half()(batch).voxel_logits.float()
+    assert out.voxel_logits.dtype == torch.float16 and out.point_logits.dtype == torch.float16
+    scale = reference.abs().max()
+    assert (out.voxel_logits.float() - reference).abs().max() < 0.01 * scale
+    assert (naive - reference).abs().max() > 0.05 * scale  # what the cast-everything path did

@@ -82,13 +82,19 @@ class Cylinder3D(nn.Module):
     def point_feature_dim(self) -> int:
         return int(self.model_cfg.point_head_dims[-1])
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the Linear layers, which inputs are cast to: under fp16 the batch norms
+        (the point generator's first layer among them) keep float32 statistics."""
+        return next(m.weight.dtype for m in self.modules() if isinstance(m, nn.Linear))
+
     def forward(self, batch: Batch) -> SegOutput:
         if batch.num_voxels == 0:
             raise ValueError("Cylinder3D.forward: the batch has no points (empty clouds are handled by the caller)")
         if list(batch.spatial_shape) != self.spatial_shape:
             raise ValueError(f"batch spatial_shape {batch.spatial_shape} does not match the model grid "
                              f"{self.spatial_shape} (grid.size)")
-        dtype = next(self.parameters()).dtype
+        dtype = self.compute_dtype
         point_to_voxel = batch.point_to_voxel
         point_feat, voxel_in = self.cylinder_3d_generator(
             batch.point_features.to(dtype), point_to_voxel, batch.num_voxels)

@@ -456,15 +456,19 @@ class Trainer:
             distributed.cleanup()
 
     def _prepare_run_dir(self, resumed: bool) -> None:
-        """Write config.yaml; on resume, drop metrics lines logged after the checkpoint (rank 0)."""
+        """Write config.yaml; drop metrics lines logged after the checkpoint we start from (rank 0).
+
+        On a fresh start that is every line: they belong to a run killed before its first
+        checkpoint, and appending to them would give the loss curve two step 10s."""
         if not self.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_config_yaml(self.cfg, self.out_dir / "config.yaml")
+        dropped = self.log.truncate_after(self.step if resumed else 0)
+        if dropped:
+            print(f"{'resume' if resumed else 'fresh start'}: dropped {dropped} metrics line(s) logged after step "
+                  f"{self.step if resumed else 0}" + ("" if resumed else " by a run that never reached a checkpoint"))
         if resumed:
-            dropped = self.log.truncate_after(self.step)
-            if dropped:
-                print(f"resume: dropped {dropped} metrics line(s) logged after step {self.step}")
             print(f"resuming {self.out_dir} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
 
     def _train(self, rng_state: Optional[dict[str, Any]]) -> None:
