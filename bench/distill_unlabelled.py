@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """What unlabelled scans buy PVD: paired seeds, labelled-only PVD vs the same plus unlabelled scans.
 
-Synthetic part (``--gain-out``, the work folder of bench/distill_gain.py, whose teacher, data and
-PVD runs it reuses; ``--gain-pairs``, its pair files, whose scores of those PVD runs and baselines it reads):
+Synthetic part (``--gain-out``, the work folder of bench/distill_gain.py, whose data and PVD runs it
+reuses, with its teacher or ``--teacher``; ``--gain-pairs``, its pair files, whose scores of those PVD runs
+and baselines it reads, after checking they were scored against the same teacher):
 
 - labelled arm: distill_gain's PVD student ``pvd_s<seed>`` (4 labelled towns);
 - unlabelled arm: the same config, seed and steps plus ``--unlabelled`` 4x as many towns
@@ -19,9 +20,10 @@ rosbag2 and ``pvd_bag export`` turns the bag back into scans (labels not exporte
 last checkpoint on sequence 08, every point. Caveat written to the results: the real teacher was
 trained on all 50 labelled scans, so it has seen the labels of the "unlabelled" half.
 
-One result file per pair (``OUT/unlabelled_pairs/pair_<seed>.json``, ``OUT/unlabelled_pairs_r<ratio>/...`` at a
-ratio other than 1, ``REAL_OUT/pairs/pair_<seed>.json``),
-so the benchmark continues across sessions; runs that exist are reused (and resumed from last.pt).
+One result file per pair, in the repository beside the results (``--pairs-dir``, default
+``RESULTS_pairs/``: ``synthetic/pair_<seed>.{json,npz}``, ``synthetic_r<ratio>/`` at a ratio other than 1,
+``real/pair_<seed>.json``), committed with them, so the benchmark continues across sessions and machines
+even when the work folders are lost; runs that exist are reused (and resumed from last.pt).
 Results: bench/results/distill_unlabelled.{json,md} (students as long as the teacher: ``--gain-out`` a
 distill_gain folder made with ``--steps 1000 --teacher-steps 1000``, here ``--steps 1000``), and
 bench/results/distill_unlabelled_300steps.{json,md} / _ratio2 (300-step students). Command of each: in its JSON.
@@ -71,23 +73,37 @@ def ratio_tag(args: argparse.Namespace) -> str:
     return "" if args.unlabelled_ratio == 1.0 else f"_r{args.unlabelled_ratio:g}"
 
 
-def synthetic_pair(gain_out: Path, unl_root: Path, args: argparse.Namespace, scorer: "dg.Scorer",
+def pairs_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(synthetic, real) pair folders: under ``--pairs-dir``, default ``<results stem>_pairs/`` beside --results."""
+    root = (args.pairs_dir or args.results.with_name(args.results.stem + "_pairs")).resolve()
+    return root / f"synthetic{ratio_tag(args)}", root / "real"
+
+
+def scored_pvd_run(gain_pairs: Path, seed: int, teacher_iou: dict[str, float]) -> tuple[dict, np.ndarray] | None:
+    """distill_gain's score of its PVD run of ``seed`` (doc, per-scan matrices), if it scored one in full;
+    refused if scored against another teacher, whose PVD run is not this design's labelled arm."""
+    path = gain_pairs / f"pair_{seed}.json"
+    if not (path.is_file() and path.with_suffix(".npz").is_file()):
+        return None
+    dg.check_pairs_teacher(gain_pairs, teacher_iou)
+    return json.loads(path.read_text())["pvd"], np.load(path.with_suffix(".npz"))["pvd"]
+
+
+def synthetic_pair(gain_out: Path, unl_root: Path, args: argparse.Namespace, scorer: "dg.Scorer", teacher: Path,
                    seed: int) -> dict[str, Any]:
-    path = gain_out / f"unlabelled_pairs{ratio_tag(args)}" / f"pair_{seed}.json"
+    path = pairs_dirs(args)[0] / f"pair_{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
     data = gain_out / "data"
-    teacher = gain_out / "runs" / "teacher" / "ema.pt"
     cfg = dg.write_config(gain_out, f"pvd_s{seed}", "synthetic_distill.yaml", args, seed, {})
     labelled = dg.train(gain_out, data, f"pvd_s{seed}", cfg, args.steps, teacher)
     unlabelled = dg.train(gain_out, data, f"unl{ratio_tag(args)}_s{seed}", cfg, args.steps, teacher,
                           ("--unlabelled", str(unl_root), "--unlabelled-ratio", str(args.unlabelled_ratio)))
-    doc: dict[str, Any] = {"seed": seed}
+    doc: dict[str, Any] = {"seed": seed, "teacher_iou": scorer.iou(scorer.teacher_matrices)}
     mats = {}
-    scored = args.gain_pairs / f"pair_{seed}.json"  # distill_gain already scored the same PVD run
-    if scored.is_file():
-        doc["labelled"] = json.loads(scored.read_text())["pvd"]
-        mats["labelled"] = np.load(scored.with_suffix(".npz"))["pvd"]
+    scored = scored_pvd_run(args.gain_pairs, seed, doc["teacher_iou"])  # distill_gain scored the same PVD run
+    if scored is not None:
+        doc["labelled"], mats["labelled"] = scored
     else:
         doc["labelled"], mats["labelled"] = scorer.score(labelled)
     doc["unlabelled"], mats["unlabelled"] = scorer.score(unlabelled)
@@ -103,26 +119,30 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
     from pvd_core.paired_stats import bootstrap_gain_ci
 
     gain_out = args.gain_out.resolve()
-    teacher = gain_out / "runs" / "teacher" / "ema.pt"
+    teacher = (args.teacher or gain_out / "runs" / "teacher" / "ema.pt").resolve()
     if not teacher.is_file():
         raise SystemExit(f"{teacher} not found: run bench/distill_gain.py --out {gain_out} first (its teacher, "
-                         "data and PVD runs are the labelled arm here)")
+                         "data and PVD runs are the labelled arm here), or give its --teacher")
     unl_root = gain_out / "data_unl"
     seqs = make_unlabelled_towns(unl_root, args, gain_out / "logs" / "synth_unlabelled.log")
     scorer = dg.Scorer(teacher, gain_out / "data", args)
+    synthetic_dir = pairs_dirs(args)[0]
+    dg.check_pairs_teacher(synthetic_dir, scorer.iou(scorer.teacher_matrices))
     seeds = range(args.first_seed, args.first_seed + args.pairs)
-    pairs = [synthetic_pair(gain_out, unl_root, args, scorer, s) for s in seeds]
-    npz = [np.load(gain_out / f"unlabelled_pairs{ratio_tag(args)}" / f"pair_{p['seed']}.npz") for p in pairs]
+    pairs = [synthetic_pair(gain_out, unl_root, args, scorer, teacher, s) for s in seeds]
+    npz = [np.load(synthetic_dir / f"pair_{p['seed']}.npz") for p in pairs]
     names = scorer.teacher.label_map.class_names
     return {
         "pairs": [{"seed": p["seed"], "labelled": p["labelled"]["miou"], "unlabelled": p["unlabelled"]["miou"]}
                   for p in pairs],
         "vs_baseline": vs_supervised_baseline(args.gain_pairs, pairs),
-        "vs_ratio_1": vs_ratio_1(gain_out, pairs) if ratio_tag(args) else {},
+        "vs_ratio_1": vs_ratio_1(synthetic_dir.with_name("synthetic"), pairs) if ratio_tag(args) else {},
         **dg.paired_gain([p["labelled"]["miou"] for p in pairs], [p["unlabelled"]["miou"] for p in pairs]),
         "gain_bootstrap_ci95_over_scans": [round(x, 4) for x in bootstrap_gain_ci(
             [z["labelled"] for z in npz], [z["unlabelled"] for z in npz], scorer.classes, seed=0)],
         "teacher": scorer.miou(scorer.teacher_matrices),
+        "teacher_checkpoint": dg.repo_relative(teacher),
+        "pairs_dir": dg.repo_relative(synthetic_dir),
         "classes": [names[c] for c in scorer.classes],
         "fidelity": {arm: {k: round(float(np.mean([p[arm]["fidelity"][k] for p in pairs])), 6)
                            for k in ("agreement", "kl")} for arm in ("labelled", "unlabelled")},
@@ -139,11 +159,10 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def vs_ratio_1(gain_out: Path, pairs: list[dict[str, Any]]) -> dict[str, Any]:
+def vs_ratio_1(ratio_1_dir: Path, pairs: list[dict[str, Any]]) -> dict[str, Any]:
     """This ratio's unlabelled arm against the ratio-1 arm of the same seeds (paired-t), where every seed
-    has a ratio-1 pair file; empty otherwise."""
-
-    files = [gain_out / "unlabelled_pairs" / f"pair_{p['seed']}.json" for p in pairs]
+    has a ratio-1 pair file in ``ratio_1_dir``; empty otherwise."""
+    files = [ratio_1_dir / f"pair_{p['seed']}.json" for p in pairs]
     if len(pairs) < 2 or not all(f.is_file() for f in files):
         return {}
     ratio_1 = [json.loads(f.read_text())["unlabelled"]["miou"] for f in files]
@@ -216,7 +235,7 @@ def real_part(args: argparse.Namespace) -> dict[str, Any]:
     cfg = real_config(out, args.real_steps)
     pairs = []
     for seed in range(args.real_pairs):
-        path = out / "pairs" / f"pair_{seed}.json"
+        path = pairs_dirs(args)[1] / f"pair_{seed}.json"
         if not path.is_file():
             doc: dict[str, Any] = {"seed": seed}
             for arm, extra in (("labelled", ()), ("unlabelled", ("--unlabelled", str(unl)))):
@@ -324,6 +343,11 @@ def main() -> int:
     ap.add_argument("--skip", choices=("synthetic", "real"),
                     help="leave one part out (its figures already in --results are kept, with their command)")
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--pairs-dir", type=Path, default=None,
+                    help="one file per pair (default: RESULTS_pairs/ beside --results, committed with it)")
+    ap.add_argument("--teacher", type=Path, default=None,
+                    help="the synthetic teacher, when distill_gain ran with --teacher (default: "
+                         "GAIN_OUT/runs/teacher/ema.pt)")
     args = ap.parse_args()
     import torch
 

@@ -66,3 +66,31 @@ def test_loss_trace_thins_a_run_log_and_survives_a_missing_one(tmp_path: Path) -
     trace = distill_gain.loss_trace(tmp_path, points=100)
     assert len(trace["step"]) == 100 and trace["step"][0] == 1 and trace["seg"][0] == 2.0
     assert distill_gain.loss_trace(tmp_path / "gone") == {"step": [], "seg": []}
+
+
+def test_unlabelled_pairs_live_beside_the_results_one_folder_per_part_and_ratio(tmp_path: Path) -> None:
+    import argparse
+
+    import distill_unlabelled
+
+    def args(ratio: float, pairs_dir=None) -> argparse.Namespace:
+        return argparse.Namespace(results=tmp_path / "bench" / "x.json", pairs_dir=pairs_dir, unlabelled_ratio=ratio)
+
+    synthetic, real = distill_unlabelled.pairs_dirs(args(1.0))
+    assert synthetic == tmp_path / "bench" / "x_pairs" / "synthetic" and real == tmp_path / "bench" / "x_pairs" / "real"
+    assert distill_unlabelled.pairs_dirs(args(2.0))[0].name == "synthetic_r2"
+    assert distill_unlabelled.pairs_dirs(args(1.0, tmp_path / "p"))[1] == tmp_path / "p" / "real"
+
+
+def test_unlabelled_reads_distill_gains_pvd_score_only_under_the_same_teacher(tmp_path: Path) -> None:
+    import distill_unlabelled
+
+    assert distill_unlabelled.scored_pvd_run(tmp_path, 3, TEACHER) is None  # nothing scored: score it here
+    pvd = {"miou": 51.0, "iou": {"car": 91.0}}
+    (tmp_path / "pair_3.json").write_text(json.dumps({"seed": 3, "teacher_iou": TEACHER, "pvd": pvd}))
+    assert distill_unlabelled.scored_pvd_run(tmp_path, 3, TEACHER) is None  # no per-scan matrices: not in full
+    np.savez_compressed(tmp_path / "pair_3.npz", baseline=np.zeros((1, 2, 2)), pvd=np.ones((1, 2, 2)))
+    doc, matrices = distill_unlabelled.scored_pvd_run(tmp_path, 3, TEACHER)
+    assert doc == pvd and matrices.shape == (1, 2, 2) and matrices.sum() == 4
+    with pytest.raises(SystemExit, match="pair_3.json: scored against a teacher"):
+        distill_unlabelled.scored_pvd_run(tmp_path, 3, {**TEACHER, "car": 80.0})
