@@ -115,9 +115,9 @@ class Segmenter:
     teams alive libgomp throttles its spin-waits once their threads outnumber the cores,
     which made the per-scan pre/postprocessing about 1.7x slower on a 2-core machine.
 
-    ``fp16=True`` needs a CUDA device (half-precision sparse convs are not supported on
-    the CPU here): on a CPU device it raises ValueError naming ``fp16`` rather than
-    silently running in fp32.
+    ``fp16=True`` needs a CUDA device: spconv does compute float16 on the CPU (the tests use
+    that), but many times slower than float32, so on a CPU device it raises ValueError naming
+    ``fp16`` rather than running slowly or silently in fp32.
 
     ``point_rule`` decides which rows reach the network (default: finite, not the origin,
     at least ``DEFAULT_MIN_RANGE`` away); it lives here so that every caller applies the
