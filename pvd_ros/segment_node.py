@@ -41,6 +41,7 @@ often while the first is being handled, so nothing on that path may be interrupt
 """
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import signal
@@ -51,7 +52,7 @@ import traceback
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import rclpy
@@ -86,6 +87,11 @@ _SPIN_PERIOD_S = 0.1
 # main() waits this long for a worker busy in a forward pass before it leaves without it
 # (below launch's 5 s SIGTERM escalation; the process then exits without finalization).
 _EXIT_JOIN_TIMEOUT_S = 2.0
+# A shutdown that has not finished this long after the signal dumps every thread's stack to
+# stderr and exits 1 (faulthandler): a node once hung after "shutting down (SIGINT)" in CI
+# (1 of 30 busy emulations, not reproduced), and a hang that leaves no stack cannot be fixed.
+# Under ros2 launch the SIGKILL (10 s) comes first; `ros2 run` and tests get the dump.
+_SHUTDOWN_WATCHDOG_S = 30.0
 _LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -577,15 +583,27 @@ def main(args: Optional[list[str]] = None) -> int:
     except ExternalShutdownException:  # someone else shut the context down: also a clean exit
         pass
     finally:
-        if request:
-            names = ", ".join(signal.Signals(s).name for s in request.received)
-            logger.info(f"shutting down ({names})")
-        if executor is not None:
-            executor.shutdown()
-        if node is not None:
-            node.destroy_node(join_timeout_s=_EXIT_JOIN_TIMEOUT_S)
-        rclpy.try_shutdown()
+        with shutdown_watchdog(_SHUTDOWN_WATCHDOG_S):
+            if request:
+                names = ", ".join(signal.Signals(s).name for s in request.received)
+                logger.info(f"shutting down ({names})")
+            if executor is not None:
+                executor.shutdown()
+            if node is not None:
+                node.destroy_node(join_timeout_s=_EXIT_JOIN_TIMEOUT_S)
+            rclpy.try_shutdown()
     return 0
+
+
+@contextlib.contextmanager
+def shutdown_watchdog(seconds: float) -> Iterator[None]:
+    """Within the block, a process that is still there after ``seconds`` prints every thread's
+    stack to stderr and exits 1 (faulthandler, C level: it fires even with the GIL held)."""
+    faulthandler.dump_traceback_later(seconds, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def _exit_without_native_teardown(code: int) -> None:

@@ -377,3 +377,19 @@ def test_signals_while_busy_idle_or_loading_always_end_in_a_clean_exit(driver, f
             if proc.exit_code(0.0) is None:
                 proc.kill()
     assert not failures, f"{len(failures)} of {len(CASES)} emulations ended uncleanly:\n" + "\n\n".join(failures)
+
+
+@pytest.mark.parametrize("hangs", [True, False])
+def test_a_shutdown_that_hangs_prints_every_stack_and_exits_1(hangs: bool, ros_env) -> None:
+    """The watchdog around main()'s shutdown: a hang leaves the stacks that say where (the one
+    CI hang left only its last log line); a shutdown that finishes leaves it cancelled."""
+    body = "time.sleep(60)" if hangs else "pass"
+    code = ("import time\nfrom pvd_ros.segment_node import shutdown_watchdog\n"
+            f"with shutdown_watchdog(1.0):\n    {body}\ntime.sleep(3)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, **ros_env),
+                          capture_output=True, text=True, timeout=120)
+    if hangs:
+        assert proc.returncode == 1, proc.stderr
+        assert "Timeout (0:00:01)!" in proc.stderr and 'File "<string>", line 4 in <module>' in proc.stderr
+    else:
+        assert proc.returncode == 0 and "Timeout" not in proc.stderr, proc.stderr
