@@ -86,7 +86,8 @@ class Cylinder3D(nn.Module):
     def compute_dtype(self) -> torch.dtype:
         """The dtype of the Linear layers, which inputs are cast to: under fp16 the batch norms
         (the point generator's first layer among them) keep float32 statistics."""
-        return next(m.weight.dtype for m in self.modules() if isinstance(m, nn.Linear))
+        # The point generator's MLP only (a few layers): this runs on every forward pass.
+        return next(m.weight.dtype for m in self.cylinder_3d_generator.PPmodel if isinstance(m, nn.Linear))
 
     def forward(self, batch: Batch) -> SegOutput:
         if batch.num_voxels == 0:
