@@ -52,7 +52,7 @@ import traceback
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import rclpy
@@ -101,7 +101,7 @@ class NodeStartupError(PvdError, RuntimeError):
 
 
 class StartupAborted(RuntimeError):
-    """Shutdown was requested (``abort_startup`` set) while the model was still loading."""
+    """Shutdown was requested (``abort_startup`` returned True) while the model was still loading."""
 
 
 class ShutdownRequest:
@@ -113,12 +113,11 @@ class ShutdownRequest:
     second Ctrl-C then lands in the middle of the shutdown (it was seen in
     ``Thread.join``), the exception escapes ``main`` and the interpreter finalizes with
     the worker inside torch and rclpy's signal thread still joinable (``terminate called
-    without an active exception``, exit 134). Here a signal sets an event and returns;
-    the main thread acts on it at a point of its choosing.
+    without an active exception``, exit 134). Here a signal is recorded and the handler
+    returns; the main thread polls for it and acts at a point of its choosing.
     """
 
     def __init__(self) -> None:
-        self.event = threading.Event()
         self.received: list[int] = []
 
     def install(self) -> None:
@@ -127,11 +126,19 @@ class ShutdownRequest:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        # No lock here, not even threading.Event's: Python runs a handler between any two
+        # bytecodes of the main thread, including inside this handler, so a second signal
+        # arriving while the first one held a lock deadlocked the node before its shutdown
+        # began (4 signals within 0.2 s: 2 hangs in about 250 busy emulations; a flood of SIGINTs
+        # hung 2 of 3 processes). list.append is atomic and takes no lock.
         self.received.append(signum)
-        self.event.set()
+
+    def is_set(self) -> bool:
+        """Whether a shutdown signal has arrived (polled: by the main loop and by start-up)."""
+        return bool(self.received)
 
     def __bool__(self) -> bool:
-        return self.event.is_set()
+        return self.is_set()
 
 
 @dataclass
@@ -175,9 +182,10 @@ class SegmentNode(Node):
         context: Optional[Context] = None,
         parameter_overrides: Optional[Sequence[Parameter]] = None,
         cli_args: Optional[list[str]] = None,
-        abort_startup: Optional[threading.Event] = None,
+        abort_startup: Optional[Callable[[], bool]] = None,
     ) -> None:
-        """``abort_startup``: when set while the model loads, the constructor raises StartupAborted."""
+        """``abort_startup``: polled while the model loads; once it returns True the constructor
+        raises StartupAborted."""
         super().__init__(node_name, namespace=namespace, context=context, cli_args=cli_args,
                          parameter_overrides=list(parameter_overrides) if parameter_overrides else None)
         self._ready = False
@@ -196,7 +204,7 @@ class SegmentNode(Node):
             raise
 
     # ------------------------------------------------------------------ start-up
-    def _start(self, abort_startup: Optional[threading.Event]) -> None:
+    def _start(self, abort_startup: Optional[Callable[[], bool]]) -> None:
         try:
             self.params: NodeParams = declare_parameters(self)
         except ParameterError as exc:
@@ -220,7 +228,7 @@ class SegmentNode(Node):
                                "points)")
         self._worker.start()
         while not self._loaded.wait(timeout=0.05):
-            if abort_startup is not None and abort_startup.is_set():
+            if abort_startup is not None and abort_startup():
                 raise StartupAborted("shutdown requested while the model was loading")
         if self._load_error is not None:
             raise self._load_error
@@ -570,7 +578,7 @@ def main(args: Optional[list[str]] = None) -> int:
     node: Optional[SegmentNode] = None
     executor: Optional[SingleThreadedExecutor] = None
     try:
-        node = SegmentNode(abort_startup=request.event)
+        node = SegmentNode(abort_startup=request.is_set)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         while not request:
