@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
     tester.create_subscription(PointCloud2, node.output_topic, on_answer, reliable)
     pub = tester.create_publisher(PointCloud2, node.input_topic, qos_profile_sensor_data)
-    executor, spinner = spin_in_background(context, node, tester)
+    spinner = spin_in_background(context, node, tester)
     wait_until(lambda: pub.get_subscription_count() > 0 and node.count_subscribers(node.output_topic) > 0)
 
     frames = []
@@ -171,8 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             frames.append(frame)
     finally:
         stats = node.stats()
-        executor.shutdown(timeout_sec=5)
-        spinner.join(timeout=5)
+        spinner.close()
         tester.destroy_node()
         node.destroy_node()
         rclpy.try_shutdown(context=context)

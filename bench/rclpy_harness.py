@@ -1,21 +1,20 @@
 """Shared by the rclpy benchmarks: spin nodes in a background thread and wait for connections."""
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Callable
 
 
-def spin_in_background(context: Any, *nodes: Any) -> tuple[Any, threading.Thread]:
-    """A SingleThreadedExecutor spinning ``nodes`` in a daemon thread (shut it down when done)."""
+def spin_in_background(context: Any, *nodes: Any) -> Any:
+    """A SingleThreadedExecutor spinning ``nodes`` on a daemon thread (``close()`` it when done)."""
     from rclpy.executors import SingleThreadedExecutor
+
+    from pvd_ros.spinning import BackgroundSpinner
 
     executor = SingleThreadedExecutor(context=context)
     for node in nodes:
         executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    return executor, spinner
+    return BackgroundSpinner(executor, name="pvd_bench_spin")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:

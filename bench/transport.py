@@ -84,7 +84,7 @@ def echo_round_trips(scan: Path, frames: int, period: float, retain: bool) -> di
     echo.create_subscription(PointCloud2, "echo_in", on_input, qos_profile_sensor_data)
     tester.create_subscription(PointCloud2, "echo_out", on_answer, reliable)
     pub = tester.create_publisher(PointCloud2, "echo_in", qos_profile_sensor_data)
-    executor, spinner = spin_in_background(context, echo, tester)
+    spinner = spin_in_background(context, echo, tester)
     wait_until(lambda: pub.get_subscription_count() > 0 and out_pub.get_subscription_count() > 0)
     parts: dict[str, list[float]] = {k: [] for k in PARTS}
     try:
@@ -102,8 +102,7 @@ def echo_round_trips(scan: Path, frames: int, period: float, retain: bool) -> di
                     parts[key].append(round(value * 1e3, 3))
             time.sleep(period)
     finally:
-        executor.shutdown(timeout_sec=5)
-        spinner.join(timeout=5)
+        spinner.close()
         echo.destroy_node()
         tester.destroy_node()
         rclpy.try_shutdown(context=context)

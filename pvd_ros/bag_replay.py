@@ -42,6 +42,7 @@ from pvd_core.point_rule import PointRule
 from pvd_ros import bag_io
 from pvd_ros.bag_eval import latency_summary
 from pvd_ros.dds_settings import node_environment
+from pvd_ros.spinning import BackgroundSpinner
 
 PathLike = Union[str, Path]
 NODE_MODES = ("inprocess", "process")
@@ -355,7 +356,7 @@ class _ReplayGraph:
         self.seg_node: Any = None
         self.child: Optional[_ChildNode] = None
         self.player: Any = None  # _Player
-        self.spin_thread: Optional[threading.Thread] = None
+        self.spinner: Optional[BackgroundSpinner] = None
         self.writer: Optional[bag_io.CloudBagWriter] = None
         self.input_topic = self.output_topic = ""
         self.probe_rtt, self.probes_sent = 0.0, 0
@@ -395,9 +396,7 @@ class _ReplayGraph:
                                                 storage=self.record_storage).__enter__()
         self.player = _Player(node, self.frames, self.input_topic, self.output_topic, self.writer)
         self.executor.add_node(node)
-        self.spin_thread = threading.Thread(target=_spin, args=(self.executor,), name="pvd_bag_replay_spin",
-                                            daemon=True)
-        self.spin_thread.start()
+        self.spinner = BackgroundSpinner(self.executor, name="pvd_bag_replay_spin")
 
     def _start_inprocess_node(self) -> None:
         from rclpy.parameter import Parameter
@@ -443,10 +442,10 @@ class _ReplayGraph:
                              if k.startswith("mean_") and k.endswith("_ms")}
 
     def close(self) -> None:
-        if self.executor is not None:
+        if self.spinner is not None:
+            self.spinner.close()
+        elif self.executor is not None:
             self.executor.shutdown(timeout_sec=5.0)
-        if self.spin_thread is not None:
-            self.spin_thread.join(timeout=5.0)
         if self.seg_node is not None:
             self.seg_node.destroy_node()
         if self.player is not None:
@@ -580,18 +579,6 @@ def _probe(player: _Player, template: Any, timeout_s: float, child: Optional[_Ch
                 break
         time.sleep(0.02)
     return rtt, len(sent)
-
-
-def _spin(executor: Any) -> None:
-    from rclpy.executors import ExternalShutdownException
-
-    try:
-        executor.spin()
-    except (ExternalShutdownException, KeyboardInterrupt):
-        pass
-    except Exception as exc:  # a context shut down under the executor: nothing left to spin
-        if "shutdown" not in str(exc).lower() and "context" not in str(exc).lower():
-            raise
 
 
 def _say(line: str) -> None:

@@ -49,6 +49,7 @@ from std_msgs.msg import Header  # noqa: E402
 from conftest import save_tiny_checkpoint  # noqa: E402
 from pvd_ros.cloud_codec import make_cloud  # noqa: E402
 from pvd_ros.dds_settings import node_environment, private_domain_id  # noqa: E402
+from pvd_ros.spinning import BackgroundSpinner  # noqa: E402
 
 pytestmark = [pytest.mark.dds, pytest.mark.subprocess]  # slow tier (markers in setup.cfg)
 
@@ -181,8 +182,7 @@ class Driver:
         self.node.create_timer(0.1, self._tick)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spinner = BackgroundSpinner(self.executor, name="shutdown_test_driver_spin")
 
     def feed(self, name: str) -> None:
         answer_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
@@ -230,8 +230,7 @@ class Driver:
             pub.publish(msg)
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=5.0)
-        self.thread.join(timeout=5.0)
+        self.spinner.close()
         self.node.destroy_node()
 
 

@@ -44,6 +44,7 @@ from pvd_ros.cloud_codec import make_cloud, packed_rgb_lut  # noqa: E402
 from pvd_ros.dds_settings import private_domain_id  # noqa: E402
 from pvd_ros.node_params import NodeParams  # noqa: E402
 from pvd_ros.segment_node import NodeStartupError, SegmentNode  # noqa: E402
+from pvd_ros.spinning import BackgroundSpinner  # noqa: E402
 
 pytestmark = pytest.mark.dds  # slow tier (markers in setup.cfg)
 
@@ -103,8 +104,7 @@ class Harness:
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(node)
         self.executor.add_node(self.tester)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spinner = BackgroundSpinner(self.executor, name="pvd_test_spin")
         # Best-effort samples published before discovery matched the endpoints are lost, not queued.
         self.wait_for(lambda: self.pub.get_subscription_count() > 0, what="input subscription match")
 
@@ -150,8 +150,7 @@ class Harness:
         return self.answer_for(stamp)
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=5.0)
-        self.thread.join(timeout=5.0)
+        self.spinner.close()
         self.tester.destroy_node()
         self.node.destroy_node()
 
