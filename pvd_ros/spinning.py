@@ -17,7 +17,7 @@ _PERIOD_S = 0.05  # longest wait in one spin_once: how late close() can notice t
 
 
 class BackgroundSpinner:
-    """An executor spinning on a daemon thread until ``close()`` (also a context manager).
+    """An executor spinning on a daemon thread until ``close()``.
 
     Stops quietly when the executor's context is shut down by someone else (whatever
     rclpy raises then); any other exception ends the thread the usual way, printed by
@@ -48,9 +48,3 @@ class BackgroundSpinner:
         self.executor.wake()
         self.thread.join(timeout=timeout_s)
         self.executor.shutdown(timeout_sec=timeout_s)
-
-    def __enter__(self) -> BackgroundSpinner:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

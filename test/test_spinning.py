@@ -10,9 +10,10 @@ own contract, not the race.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from typing import Any, Callable
+from typing import Iterator
 
 import pytest
 
@@ -31,62 +32,52 @@ pytestmark = pytest.mark.dds
 ROUNDS = 60
 
 
-def _spinner_stop(executor: Any) -> Callable[[], None]:
-    return BackgroundSpinner(executor).close
-
-
-def _thread_errors_over_rounds(start: Callable[[Any], Callable[[], None]]) -> tuple[list[str], int]:
-    """Stop a busy executor ROUNDS times; the exceptions its threads raised, and the ticks seen."""
+@contextlib.contextmanager
+def _thread_errors() -> Iterator[list[str]]:
+    """The exceptions that end any thread within the block (instead of printing them)."""
     errors: list[str] = []
     previous = threading.excepthook
     threading.excepthook = lambda args: errors.append(f"{args.exc_type.__name__}: {args.exc_value}")
-    ticks = [0]
     try:
-        with private_domain_id() as domain:
-            context = Context()
-            rclpy.init(context=context, domain_id=domain)
-            try:
-                node = Node("spinning_test", context=context)
-                node.create_timer(0.001, lambda: ticks.__setitem__(0, ticks[0] + 1))
-                for i in range(ROUNDS):
-                    executor = SingleThreadedExecutor(context=context)
-                    executor.add_node(node)
-                    stop = start(executor)
-                    time.sleep(0.002 * (i % 10))  # stop at a different point of the spin each round
-                    stop()
-                node.destroy_node()
-            finally:
-                rclpy.try_shutdown(context=context)
+        yield errors
     finally:
         threading.excepthook = previous
-    return errors, ticks[0]
 
 
 def test_stopping_a_busy_spinner_never_raises_in_its_thread() -> None:
-    errors, ticks = _thread_errors_over_rounds(_spinner_stop)
-    assert ticks > ROUNDS, "the timer never fired: the executor did not spin"
+    ticks = [0]
+    with _thread_errors() as errors, private_domain_id() as domain:
+        context = Context()
+        rclpy.init(context=context, domain_id=domain)
+        try:
+            node = Node("spinning_test", context=context)
+            node.create_timer(0.001, lambda: ticks.__setitem__(0, ticks[0] + 1))
+            for i in range(ROUNDS):
+                executor = SingleThreadedExecutor(context=context)
+                executor.add_node(node)
+                spinner = BackgroundSpinner(executor)
+                time.sleep(0.002 * (i % 10))  # stop at a different point of the spin each round
+                spinner.close()
+            node.destroy_node()
+        finally:
+            rclpy.try_shutdown(context=context)
+    assert ticks[0] > ROUNDS, "the timer never fired: the executor did not spin"
     assert not errors, errors
 
 
 def test_a_context_shut_down_under_the_spinner_ends_its_thread_quietly() -> None:
-    errors: list[str] = []
-    previous = threading.excepthook
-    threading.excepthook = lambda args: errors.append(f"{args.exc_type.__name__}: {args.exc_value}")
-    try:
-        with private_domain_id() as domain:
-            context = Context()
-            rclpy.init(context=context, domain_id=domain)
-            node = Node("spinning_test_external", context=context)
-            node.create_timer(0.001, lambda: None)
-            executor = SingleThreadedExecutor(context=context)
-            executor.add_node(node)
-            spinner = BackgroundSpinner(executor)
-            time.sleep(0.05)
-            rclpy.try_shutdown(context=context)
-            spinner.thread.join(timeout=5.0)
-            assert not spinner.thread.is_alive()
-            spinner.close()
-            node.destroy_node()
-    finally:
-        threading.excepthook = previous
+    with _thread_errors() as errors, private_domain_id() as domain:
+        context = Context()
+        rclpy.init(context=context, domain_id=domain)
+        node = Node("spinning_test_external", context=context)
+        node.create_timer(0.001, lambda: None)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        spinner = BackgroundSpinner(executor)
+        time.sleep(0.05)
+        rclpy.try_shutdown(context=context)
+        spinner.thread.join(timeout=5.0)
+        assert not spinner.thread.is_alive()
+        spinner.close()
+        node.destroy_node()
     assert not errors, errors
