@@ -76,7 +76,7 @@ ANSWERS = 2  # answers a busy node has sent before it is signalled
 STUCK_S = 6.0  # a node still there this long after its first signal (normal: < 1 s; watchdog: 8 s) gets gdb
 # A watchdog dump whose main thread is inside rclpy destroying a DDS entity (Fast DDS deleting a
 # DataWriter/DataReader; no Python thread of the node's is left then): a hang below our code, seen
-# once in CI in about 30 emulations x a dozen runs and never in ~740 stressed ones here (docs/ros.md).
+# in 1 of 30 emulations of one CI run (2026-12-03) and in none of ~740 stressed ones here (docs/ros.md).
 DDS_TEARDOWN_HANG = re.compile(r"Timeout \(0:00:\d\d\)!\nThread 0x[0-9a-f]+ \(most recent call first\):\n"
                                r"  File \"[^\"]*/rclpy/(publisher|subscription|node)\.py\", line \d+ in destroy")
 MAX_DDS_TEARDOWN_HANGS = 2  # of 30: a systematic hang fails; a rare third-party one is reported as a warning
