@@ -53,6 +53,7 @@ from std_msgs.msg import Header  # noqa: E402
 from conftest import save_tiny_checkpoint  # noqa: E402
 from pvd_ros.cloud_codec import make_cloud  # noqa: E402
 from pvd_ros.dds_settings import node_environment, private_domain_id  # noqa: E402
+from pvd_ros.segment_node import _SHUTDOWN_WATCHDOG_S  # noqa: E402
 from pvd_ros.spinning import BackgroundSpinner  # noqa: E402
 
 pytestmark = [pytest.mark.dds, pytest.mark.subprocess]  # slow tier (markers in setup.cfg)
@@ -73,7 +74,8 @@ PRELOAD = ["numpy", "torch", "spconv.pytorch", "rclpy", "sensor_msgs.msg", "pvd_
 CLOUD_POINTS = 8_000  # 128 kB in, 224 kB out: decode, voxelize, forward and encode take ~10 ms
 BATCH = 5  # forked nodes signalled in the same round (their start-ups overlap)
 ANSWERS = 2  # answers a busy node has sent before it is signalled
-STUCK_S = 6.0  # a node still there this long after its first signal (normal: < 1 s; watchdog: 8 s) gets gdb
+# A node still there this long after its first signal (normal: < 1 s) gets gdb, before its watchdog fires.
+STUCK_S = _SHUTDOWN_WATCHDOG_S - 2.0
 # A watchdog dump whose main thread is inside rclpy destroying a DDS entity (Fast DDS deleting a
 # DataWriter/DataReader; no Python thread of the node's is left then): a hang below our code, seen
 # in 1 of 30 emulations of one CI run (2026-12-03) and in none of ~740 stressed ones here (docs/ros.md).
