@@ -94,3 +94,17 @@ def test_unlabelled_reads_distill_gains_pvd_score_only_under_the_same_teacher(tm
     assert doc == pvd and matrices.shape == (1, 2, 2) and matrices.sum() == 4
     with pytest.raises(SystemExit, match="pair_3.json: scored against a teacher"):
         distill_unlabelled.scored_pvd_run(tmp_path, 3, {**TEACHER, "car": 80.0})
+
+
+def test_a_clear_margin_is_a_lead_outside_the_baselines_seed_spread() -> None:
+    pairs = [{"baseline": {"iou": {"car": v}}} for v in (88.0, 90.0, 92.0)]  # mean 90, sd 2
+    sd = distill_gain.baseline_sd(pairs, "car")
+    assert sd == pytest.approx(2.0)
+    row = {"baseline_mean": 90.0, "baseline_sd": sd}
+    assert distill_gain.clearly_ahead({**row, "teacher": 94.0})  # 2 sd ahead
+    assert not distill_gain.clearly_ahead({**row, "teacher": 93.0})  # ahead, but inside the spread
+    assert not distill_gain.clearly_ahead({**row, "teacher": 89.0})  # behind
+    # One pair: no spread to judge by, so any lead counts; a tie never does.
+    assert distill_gain.baseline_sd(pairs[:1], "car") is None
+    assert distill_gain.clearly_ahead({"baseline_mean": 0.0, "baseline_sd": None, "teacher": 0.1})
+    assert not distill_gain.clearly_ahead({"baseline_mean": 0.0, "baseline_sd": 0.0, "teacher": 0.0})
