@@ -743,6 +743,11 @@ def main() -> int:
                                pairs_dir / "ablations" / name)
                 ablations[name].append(doc)
                 publish()
+    except BaseException as exc:  # the error itself is raised after the running trainings end
+        why = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+        say(f"stopping ({why}): queued runs dropped, waiting for the running ones "
+            "(Ctrl-C ends them; they resume from last.pt)")
+        raise
     finally:
         trainer.close()
     say(f"done; results in {args.results}")
