@@ -506,8 +506,8 @@ def summarise(args: argparse.Namespace, pairs_dir: Path, scorer: Scorer, teacher
         doc["teacher_not_ahead_on"] = [c for c, v in doc["per_class"].items() if v["teacher"] <= v["baseline_mean"]]
         # "A clear margin" (issue 11), made a number: the teacher above the mean baseline by at least
         # CLEAR_MARGIN_SD of the baselines' seed-to-seed sd in that class, i.e. outside their spread.
-        doc["teacher_clear_margin"] = {"rule": f"teacher - baseline mean >= {CLEAR_MARGIN_SD} x baseline sd over "
-                                               "the pairs (and > 0)",
+        doc["teacher_clear_margin"] = {"rule": f"teacher above the mean baseline by at least {CLEAR_MARGIN_SD} "
+                                               "baseline sds (seed to seed, over the pairs)",
                                        "not_clearly_ahead_on": [c for c, v in doc["per_class"].items()
                                                                 if not clearly_ahead(v)]}
         doc["teacher_beats_baseline_on_every_class"] = not doc["teacher_not_ahead_on"]
@@ -616,9 +616,10 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
                   f"classes: {', '.join(behind)}."]
         unclear = (doc.get("teacher_clear_margin") or {}).get("not_clearly_ahead_on")
         if unclear is not None:
-            lines += ["", f"Clear margin ({doc['teacher_clear_margin']['rule']}): "
-                      + ("on every class." if not unclear else
-                         f"not on {len(unclear)} of {len(doc['per_class'])} classes: {', '.join(unclear)}.")]
+            lines += ["", f"Clear margin: the {doc['teacher_clear_margin']['rule']}. "
+                      + ("The teacher has it on every class." if not unclear else
+                         f"The teacher does not have it on {len(unclear)} of {len(doc['per_class'])} classes: "
+                         f"{', '.join(unclear)}.")]
         ahead = doc.get("on_teacher_ahead_classes") or {}
         if behind and ahead and ahead["gain_ci95"][0] is not None:  # a CI needs two pairs
             lo, hi = ahead["gain_ci95"]
