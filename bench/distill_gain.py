@@ -26,9 +26,10 @@ Design (issue 11), on `pvd synth` data:
   paired-t 95 % CI of the mean gain is recomputed; the loop stops when it is decisive
   (lower bound > 0, or upper bound < ``--margin``) with at least ``--min-pairs`` pairs, or at
   ``--max-pairs``.
-- Scheduling: ``--jobs`` trainings run at once from one queue. The arms of the first
-  ``--min-pairs`` seeds (needed whatever the verdict) are queued at the start, PVD first, so both
-  cores stay busy across pairs; later seeds are trained a pair at a time, as the rule asks for them.
+- Scheduling: ``--jobs`` trainings run at once from one queue (ArmTrainer). The teacher and the
+  arms of the first ``--min-pairs`` seeds (needed whatever the verdict) are queued at the start: the
+  baselines, which need no teacher, train while it does, and pairs still finish in seed order; later
+  seeds are trained a pair at a time, as the rule asks for them.
 - Ablations: each of the four terms off and the three other samplers, ``--ablation-pairs``
   seeds each, paired against full PVD at the same seed.
 - mIoU is over one fixed class list, the classes present in the validation ground truth
@@ -59,10 +60,12 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import yaml
@@ -350,34 +353,114 @@ def check_pairs_teacher(pairs_dir: Path, teacher_iou: dict[str, float]) -> None:
                              f"scores {teacher_iou}; use a new --pairs-dir (or the work folder of that teacher)")
 
 
+@dataclass
+class Job:
+    """One training the queue holds: ``rank`` orders it (lower first), ``needs_teacher`` holds it back
+    until the teacher has finished."""
+
+    rank: tuple[int, int]
+    needs_teacher: bool
+    fn: Callable[[], Path]
+    future: Future = field(default_factory=Future)
+
+
+def next_job(pending: list[Job], teacher_ready: bool) -> Optional[Job]:
+    """The job a free worker takes: the lowest-ranked one it can run now (a PVD arm only once the
+    teacher is there), or None: then it waits for the teacher or for a new job."""
+    runnable = [j for j in pending if teacher_ready or not j.needs_teacher]
+    return min(runnable, key=lambda j: j.rank) if runnable else None
+
+
 class ArmTrainer:
-    """Trains runs on ``--jobs`` workers (one torch thread each), each (seed, arm) once.
+    """Trains the teacher and the arms on ``--jobs`` workers (one torch thread each), each run once.
 
-    Why a queue shared across pairs: a PVD arm takes about 1.6x a baseline's time, so trained pair
-    by pair one of two cores idles for a third of every pair. The arms of the first ``--min-pairs``
-    seeds are always needed, so main() queues them all at once (PVD first, the longer job) and the
-    workers stay busy until the last of them."""
+    Why one queue for everything: a PVD arm takes about 1.6x a baseline's time, so trained pair by
+    pair one of two cores idles for a third of every pair, and a baseline needs no teacher, so it
+    can train while the teacher does. main() queues the teacher and the arms of the first
+    ``--min-pairs`` seeds (needed whatever the verdict) at the start. A free worker takes the teacher
+    first, then the lowest seed's arm it can run (PVD before baseline, the longer job; PVD only once
+    the teacher is done), so pairs still finish in seed order and both cores stay busy."""
 
-    def __init__(self, out: Path, data: Path, args: argparse.Namespace, teacher_ckpt: Path) -> None:
-        self.out, self.data, self.args, self.teacher_ckpt = out, data, args, teacher_ckpt
+    def __init__(self, out: Path, data: Path, args: argparse.Namespace) -> None:
+        self.out, self.data, self.args = out, data, args
         self.pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
+        self.changed = threading.Condition()  # guards pending; notified on a new job and on the teacher's end
+        self.pending: list[Job] = []
         self.futures: dict[tuple[int, str], Future] = {}
+        self.teacher: Future = Future()
+        self.teacher.add_done_callback(lambda _: self._notify())
+
+    def _notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    def queue(self, job: Job) -> Future:
+        """Queue one training; the returned future is the job's."""
+        with self.changed:
+            self.pending.append(job)
+            self.changed.notify_all()
+        self.pool.submit(self._run_next)
+        return job.future
+
+    def _run_next(self) -> None:
+        """One pool task per queued job; each takes whichever job is best when a worker is free."""
+        with self.changed:
+            job = self.changed.wait_for(lambda: next_job(self.pending, self.teacher.done()))
+            self.pending.remove(job)
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            job.future.set_result(job.fn())
+        except BaseException as exc:  # handed to whoever waits on the run
+            job.future.set_exception(exc)
+
+    def use_teacher(self, ckpt: Path) -> None:
+        """A teacher trained elsewhere (``--teacher``)."""
+        self.teacher.set_result(ckpt)
+
+    def train_teacher(self) -> Future:
+        """Queue the teacher's run (first of all); the result is its EMA checkpoint."""
+        cfg = write_config(self.out, "teacher", "synthetic_teacher.yaml", self.args, 0, student=False)
+        return self.queue_teacher(Job((-1, 0), False, lambda: train(self.out, self.data, "teacher", cfg,
+                                                                    self.args.teacher_steps, None)))
+
+    def queue_teacher(self, job: Job) -> Future:
+        """Queue the teacher's training: its result becomes ``self.teacher``, which PVD arms wait for."""
+        job.future.add_done_callback(self._teacher_done)
+        self.queue(job)
+        return self.teacher
+
+    def _teacher_done(self, run: Future) -> None:
+        if self.teacher.done():  # given up on by close()
+            return
+        if run.cancelled():
+            self.teacher.cancel()
+        elif run.exception() is not None:
+            self.teacher.set_exception(run.exception())
+        else:
+            self.teacher.set_result(run.result())
 
     def submit(self, seed: int, arm: str, base: str, distill: Optional[dict[str, Any]]) -> Future:
-        """Queue one run (or return the one already queued); its result is the run's EMA checkpoint."""
+        """Queue one arm (or return the one already queued); the result is the run's EMA checkpoint."""
         key = (seed, arm)
         if key not in self.futures:
-            self.futures[key] = self.pool.submit(self._train, seed, arm, base, distill)
-        return self.futures[key]
+            name = f"{arm}_s{seed}"
 
-    def _train(self, seed: int, arm: str, base: str, distill: Optional[dict[str, Any]]) -> Path:
-        name = f"{arm}_s{seed}"
-        cfg = write_config(self.out, name, base, self.args, seed, distill)
-        return train(self.out, self.data, name, cfg, self.args.steps,
-                     self.teacher_ckpt if distill is not None else None)
+            def fn() -> Path:
+                cfg = write_config(self.out, name, base, self.args, seed, distill)
+                teacher = self.teacher.result() if distill is not None else None
+                return train(self.out, self.data, name, cfg, self.args.steps, teacher)
+
+            self.futures[key] = self.queue(Job((seed, 1 if distill is None else 0), distill is not None, fn))
+        return self.futures[key]
 
     def close(self) -> None:
         """Drop the runs not started yet (an early stop or an error) and wait for the running ones."""
+        with self.changed:
+            for job in self.pending:
+                job.future.cancel()
+        if not self.teacher.done():
+            self.teacher.cancel()  # wakes the workers that wait for it
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -647,6 +730,20 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def measure_macs(out: Path, args: argparse.Namespace, scan: str) -> dict[str, Any]:
+    """Teacher and student MACs on one validation scan (``pvd profile``), measured once per work folder."""
+    path = out / "macs.json"
+    if not path.is_file():
+        for name, base in (("teacher", "synthetic_teacher.yaml"), ("baseline_s0", "synthetic_student.yaml")):
+            cfg = write_config(out, name, base, args, 0, student=name != "teacher")
+            run(["pvd", "profile", "--config", str(cfg), "--scan", scan, "--repeat", "1", "--device", "cpu",
+                 "--json", str(out / f"profile_{name}.json")], out / "logs" / "profile.log")
+        t_macs = json.loads((out / "profile_teacher.json").read_text())["macs"]
+        s_macs = json.loads((out / "profile_baseline_s0.json").read_text())["macs"]
+        write_json(path, {"teacher": t_macs, "student": s_macs, "ratio": round(s_macs / t_macs, 4)})
+    return json.loads(path.read_text())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/distill_gain"), help="work folder (data, runs)")
@@ -686,49 +783,40 @@ def main() -> int:
     data = out / "data"
     data_info = make_data(data, args, out / "logs" / "synth.log")
 
-    teacher_ckpt = given_teacher(args) if args.teacher else train(
-        out, data, "teacher", write_config(out, "teacher", "synthetic_teacher.yaml", args, 0, student=False),
-        args.teacher_steps, None)
-    scorer = Scorer(teacher_ckpt, data, args)
-    teacher = {"miou": scorer.miou(scorer.teacher_matrices), "iou": scorer.iou(scorer.teacher_matrices),
-               "steps": args.teacher_steps, "loss_curve_seg": loss_curve(teacher_ckpt.parent),
-               "checkpoint": repo_relative(teacher_ckpt)}
-    macs_path = out / "macs.json"
-    if not macs_path.is_file():
-        scan = scorer.files[0][0]
-        for name in ("teacher", "baseline_s0"):
-            cfg = write_config(out, name, "synthetic_teacher.yaml" if name == "teacher" else "synthetic_student.yaml",
-                               args, 0, student=name != "teacher")
-            run(["pvd", "profile", "--config", str(cfg), "--scan", scan, "--repeat", "1", "--device", "cpu",
-                 "--json", str(out / f"profile_{name}.json")], out / "logs" / "profile.log")
-        t_macs = json.loads((out / "profile_teacher.json").read_text())["macs"]
-        s_macs = json.loads((out / "profile_baseline_s0.json").read_text())["macs"]
-        write_json(macs_path, {"teacher": t_macs, "student": s_macs, "ratio": round(s_macs / t_macs, 4)})
-    macs = json.loads(macs_path.read_text())
-    say(f"teacher mIoU {teacher['miou']:.2f}; student/teacher MACs {macs['ratio']}")
-    check_pairs_teacher(pairs_dir, teacher["iou"])
-
     arms = {"baseline": ("synthetic_student.yaml", None), "pvd": ("synthetic_distill.yaml", {})}
-    pairs: list[dict] = []
-    ablations: dict[str, list[dict]] = {n: [] for n in args.ablations}
-    stopped: Optional[str] = None
-
-    def publish() -> None:
-        doc = summarise(args, pairs_dir, scorer, teacher, pairs, ablations, data_info, macs, command, stopped)
-        png = plot_seg_loss(out, pairs, args.results.with_name(args.results.stem + "_seg_loss.png"))
-        doc["seg_loss_png"] = repo_relative(png)
-        doc["sequential_png"] = repo_relative(plot_sequential(
-            doc["pairs"], args.margin, args.min_pairs, args.results.with_name(args.results.stem + "_sequential.png")))
-        write_json(args.results, doc)
-        write_markdown(doc, args.results.with_suffix(".md"))
-
-    trainer = ArmTrainer(out, data, args, teacher_ckpt)
+    trainer = ArmTrainer(out, data, args)
+    if args.teacher:
+        trainer.use_teacher(given_teacher(args))
+    else:
+        trainer.train_teacher()
     seeds = range(args.first_seed, args.first_seed + args.max_pairs)
-    for seed in seeds[:args.min_pairs]:  # needed whatever the verdict: train them ahead, longest arm first
+    for seed in seeds[:args.min_pairs]:  # needed whatever the verdict: queued now, trained as workers free up
         if not (pairs_dir / f"pair_{seed}.json").is_file():
             for arm in ("pvd", "baseline"):
                 trainer.submit(seed, arm, *arms[arm])
     try:
+        teacher_ckpt = trainer.teacher.result()
+        scorer = Scorer(teacher_ckpt, data, args)
+        teacher = {"miou": scorer.miou(scorer.teacher_matrices), "iou": scorer.iou(scorer.teacher_matrices),
+                   "steps": args.teacher_steps, "loss_curve_seg": loss_curve(teacher_ckpt.parent),
+                   "checkpoint": repo_relative(teacher_ckpt)}
+        macs = measure_macs(out, args, scorer.files[0][0])
+        say(f"teacher mIoU {teacher['miou']:.2f}; student/teacher MACs {macs['ratio']}")
+        check_pairs_teacher(pairs_dir, teacher["iou"])
+
+        pairs: list[dict] = []
+        ablations: dict[str, list[dict]] = {n: [] for n in args.ablations}
+        stopped: Optional[str] = None
+
+        def publish() -> None:
+            doc = summarise(args, pairs_dir, scorer, teacher, pairs, ablations, data_info, macs, command, stopped)
+            png = plot_seg_loss(out, pairs, args.results.with_name(args.results.stem + "_seg_loss.png"))
+            doc["seg_loss_png"] = repo_relative(png)
+            seq_png = args.results.with_name(args.results.stem + "_sequential.png")
+            doc["sequential_png"] = repo_relative(plot_sequential(doc["pairs"], args.margin, args.min_pairs, seq_png))
+            write_json(args.results, doc)
+            write_markdown(doc, args.results.with_suffix(".md"))
+
         for seed in seeds:
             pairs.append(run_pair(trainer, scorer, seed, arms, pairs_dir))
             t = paired_t([p["baseline"]["miou"] for p in pairs], [p["pvd"]["miou"] for p in pairs])

@@ -4,8 +4,10 @@ A pair recovered from a results JSON must join only the design it came from (sam
 must not be mistaken for a pair scored in full (it has no per-scan matrices)."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +110,56 @@ def test_a_clear_margin_is_a_lead_outside_the_baselines_seed_spread() -> None:
     assert distill_gain.baseline_sd(pairs[:1], "car") is None
     assert distill_gain.clearly_ahead({"baseline_mean": 0.0, "baseline_sd": None, "teacher": 0.1})
     assert not distill_gain.clearly_ahead({"baseline_mean": 0.0, "baseline_sd": 0.0, "teacher": 0.0})
+
+
+def test_the_queue_trains_baselines_while_the_teacher_does_and_finishes_pairs_in_seed_order() -> None:
+    def job(seed: int, pvd: bool) -> distill_gain.Job:
+        return distill_gain.Job((seed, 0 if pvd else 1), pvd, lambda: Path("unused"))
+
+    teacher = distill_gain.Job((-1, 0), False, lambda: Path("unused"))
+    pending = [job(s, pvd) for s in (5, 6) for pvd in (True, False)] + [teacher]
+    order = []
+    while (nxt := distill_gain.next_job(pending, teacher_ready=False)) is not None:
+        pending.remove(nxt)
+        order.append(nxt)
+    # The teacher first, then every baseline; the PVD arms wait (a free worker waits with them).
+    assert order[0] is teacher
+    assert [j.rank for j in order[1:]] == [(5, 1), (6, 1)]
+    assert [j.rank for j in pending] == [(5, 0), (6, 0)]
+    # Once the teacher is there, the lowest seed goes first, its PVD arm (the longer) before its baseline.
+    pending = [job(s, pvd) for s in (6, 5) for pvd in (False, True)]
+    assert distill_gain.next_job(pending, teacher_ready=True).rank == (5, 0)
+
+
+def test_a_free_worker_trains_a_baseline_while_the_teacher_trains(tmp_path: Path) -> None:
+    """Real threads: the teacher cannot finish until the baseline has run, so with a worker that
+    grabbed a PVD arm and blocked on the teacher (the race this queue once had) nothing runs."""
+    trainer = distill_gain.ArmTrainer(tmp_path, tmp_path, argparse.Namespace(jobs=2))
+    events: list[str] = []
+    baseline_ran = threading.Event()
+
+    def teacher() -> Path:
+        assert baseline_ran.wait(10), "no baseline ran while the teacher trained"
+        events.append("teacher")
+        return tmp_path / "teacher.pt"
+
+    def baseline() -> Path:
+        events.append("baseline")
+        baseline_ran.set()
+        return tmp_path / "baseline.pt"
+
+    try:
+        trainer.queue_teacher(distill_gain.Job((-1, 0), False, teacher))
+        def pvd_arm() -> Path:  # as ArmTrainer.submit's PVD arms do: needs the teacher's checkpoint
+            trainer.teacher.result()
+            events.append("pvd")
+            return tmp_path / "pvd.pt"
+
+        pvd = trainer.queue(distill_gain.Job((0, 0), True, pvd_arm))
+        base = trainer.queue(distill_gain.Job((0, 1), False, baseline))  # queued after PVD, as main() does
+        assert base.result(timeout=10) == tmp_path / "baseline.pt"
+        assert pvd.result(timeout=10) == tmp_path / "pvd.pt"
+        assert trainer.teacher.result(timeout=10) == tmp_path / "teacher.pt"
+        assert events == ["baseline", "teacher", "pvd"]
+    finally:
+        trainer.close()
