@@ -18,7 +18,9 @@ Design (issue 11), on `pvd synth` data:
   (top-1 agreement, KL(teacher || student)). One file per pair, PAIRS/pair_<seed>.json (+ .npz of
   the per-scan confusion matrices), where PAIRS (``--pairs-dir``) defaults to a folder beside
   ``--results``: in the repo, committed as pairs land, so the design outlives the work folder
-  (checkpoints stay in ``--out``; runs with last.pt resume). Every pair file names the teacher it
+  (checkpoints stay in ``--out``; runs with last.pt resume); so does its teacher, when
+  ``--export-teacher PATH`` writes it as a committable float16 file that the arms then distil from
+  and the pairs are scored against (later sessions pass it as ``--teacher``). Every pair file names the teacher it
   was scored against (its per-class IoU), and the harness refuses a pairs folder scored against
   another teacher. A pair file without its .npz (recovered from a results JSON by
   bench/recover_pairs.py) counts in the paired-t verdict; the per-scan and per-class figures
@@ -189,6 +191,39 @@ def given_teacher(args: argparse.Namespace) -> Path:
     if steps != args.teacher_steps:
         raise SystemExit(f"--teacher {path}: trained {steps} steps, but --teacher-steps is {args.teacher_steps}")
     return path
+
+
+def check_export_target(args: argparse.Namespace, teacher_ema: Path) -> None:
+    """Fail at once, not after hours of teacher training, if ``--export-teacher`` holds another teacher."""
+    from pvd_core.checkpoint import load_checkpoint
+
+    dest = args.export_teacher
+    if dest is None or not dest.is_file():
+        return
+    meta = load_checkpoint(dest).meta
+    if meta.get("exported_from") != str(teacher_ema) or int(meta.get("step", 0)) != args.teacher_steps:
+        raise SystemExit(f"--export-teacher {dest}: exists, but it is not {teacher_ema} after "
+                         f"{args.teacher_steps} steps; pass it as --teacher, or choose another path")
+
+
+def export_teacher(teacher_ema: Path, args: argparse.Namespace) -> Path:
+    """The teacher as a committable file (float16, as ``pvd export --half``): a design outlives its work
+    folder only with its own teacher, so the arms distil from, and the pairs are scored against, this
+    file, the one a later session passes as ``--teacher``."""
+    import torch
+
+    from pvd_core.checkpoint import export_checkpoint
+
+    dest = args.export_teacher.resolve()
+    if not dest.is_file():
+        trained_on = (f"pvd synth streets, sensor {SENSOR}, {args.columns} columns: {len(TRAIN_SEQUENCES)} towns "
+                      f"(sequences {TRAIN_SEQUENCES[0]}-{TRAIN_SEQUENCES[-1]}, town seed {TRAIN_TOWN_SEED}) x "
+                      f"{args.scans} scans; {args.teacher_steps} steps (bench/distill_gain.py)")
+        export_checkpoint(teacher_ema, dest, {"trained_on": trained_on, "licence": None,
+                                              "miou_note": f"teacher of {repo_relative(args.results.resolve())}"},
+                          float_dtype=torch.float16)
+        say(f"teacher exported to {repo_relative(dest)} ({dest.stat().st_size / 1e6:.1f} MB); commit it")
+    return dest
 
 
 def train_rows(run_dir: Path, key: str) -> list[dict[str, Any]]:
@@ -421,8 +456,12 @@ class ArmTrainer:
     def train_teacher(self) -> Future:
         """Queue the teacher's run (first of all); the result is its EMA checkpoint."""
         cfg = write_config(self.out, "teacher", "synthetic_teacher.yaml", self.args, 0, student=False)
-        return self.queue_teacher(Job((-1, 0), False, lambda: train(self.out, self.data, "teacher", cfg,
-                                                                    self.args.teacher_steps, None)))
+
+        def fn() -> Path:
+            ema = train(self.out, self.data, "teacher", cfg, self.args.teacher_steps, None)
+            return export_teacher(ema, self.args) if self.args.export_teacher else ema
+
+        return self.queue_teacher(Job((-1, 0), False, fn))
 
     def queue_teacher(self, job: Job) -> Future:
         """Queue the teacher's training: its result becomes ``self.teacher``, which PVD arms wait for."""
@@ -618,7 +657,7 @@ def summarise(args: argparse.Namespace, pairs_dir: Path, scorer: Scorer, teacher
                                   "full_vs_baseline_same_seeds": round(fb.mean, 4) if runs else None}
     doc.update({"teacher_detail": teacher, "macs": macs, "data": data_info,
                 "settings": {k: v for k, v in vars(args).items()
-                             if k not in ("out", "results", "pairs_dir", "teacher")},
+                             if k not in ("out", "results", "pairs_dir", "teacher", "export_teacher")},
                 "pairs_dir": repo_relative(pairs_dir),
                 "student_model": STUDENT_MODEL, "loss_curves_seg": {
                     f"{arm}_s{p['seed']}": p[arm]["loss_curve_seg"] for p in pairs for arm in ("baseline", "pvd")}})
@@ -766,9 +805,14 @@ def main() -> int:
     ap.add_argument("--teacher", type=Path, default=None,
                     help="a trained teacher checkpoint (e.g. models/bench/synthetic_teacher4000.pt) instead of "
                          "training one in --out: a design continues across machines only with its own teacher")
+    ap.add_argument("--export-teacher", type=Path, default=None, metavar="PATH",
+                    help="write the trained teacher there as float16 (e.g. models/bench/synthetic_teacher8000.pt, "
+                         "to commit) and distil from and score against that file")
     ap.add_argument("--pairs-dir", type=Path, default=None,
                     help="one JSON + NPZ per pair (default: RESULTS_pairs/ beside --results, committed with it)")
     args = ap.parse_args()
+    if args.teacher and args.export_teacher:
+        ap.error("--teacher and --export-teacher: a given teacher is already a file; export only one trained here")
     if args.teacher_steps < args.steps:
         ap.error(f"--teacher-steps {args.teacher_steps} < --steps {args.steps}: the teacher must train at least "
                  "as long as the students, or the 'gap' is partly extra optimisation")
@@ -779,6 +823,7 @@ def main() -> int:
 
     command = "python " + shlex.join(["bench/distill_gain.py"] + sys.argv[1:])
     out = args.out.resolve()
+    check_export_target(args, out / "runs" / "teacher" / "ema.pt")
     pairs_dir = (args.pairs_dir or args.results.with_name(args.results.stem + "_pairs")).resolve()
     data = out / "data"
     data_info = make_data(data, args, out / "logs" / "synth.log")
@@ -797,8 +842,9 @@ def main() -> int:
     try:
         teacher_ckpt = trainer.teacher.result()
         scorer = Scorer(teacher_ckpt, data, args)
+        teacher_run = teacher_ckpt.parent if args.teacher else out / "runs" / "teacher"  # its metrics.jsonl
         teacher = {"miou": scorer.miou(scorer.teacher_matrices), "iou": scorer.iou(scorer.teacher_matrices),
-                   "steps": args.teacher_steps, "loss_curve_seg": loss_curve(teacher_ckpt.parent),
+                   "steps": args.teacher_steps, "loss_curve_seg": loss_curve(teacher_run),
                    "checkpoint": repo_relative(teacher_ckpt)}
         macs = measure_macs(out, args, scorer.files[0][0])
         say(f"teacher mIoU {teacher['miou']:.2f}; student/teacher MACs {macs['ratio']}")

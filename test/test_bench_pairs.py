@@ -163,3 +163,23 @@ def test_a_free_worker_trains_a_baseline_while_the_teacher_trains(tmp_path: Path
         assert events == ["baseline", "teacher", "pvd"]
     finally:
         trainer.close()
+
+
+def test_the_exported_teacher_is_the_runs_own_or_the_harness_stops_before_training(tmp_path: Path) -> None:
+    from conftest import save_tiny_checkpoint
+
+    run_ema = save_tiny_checkpoint(tmp_path / "runs" / "teacher" / "ema.pt")
+    args = argparse.Namespace(export_teacher=tmp_path / "exported.pt", teacher_steps=0, columns=600, scans=40,
+                              results=tmp_path / "distill_gain.json")
+    distill_gain.check_export_target(args, run_ema)  # nothing there yet: fine
+    assert distill_gain.export_teacher(run_ema, args) == args.export_teacher.resolve()
+    from pvd_core.checkpoint import load_checkpoint
+
+    exported = load_checkpoint(args.export_teacher)
+    assert exported.meta["stored_dtype"] == "float16" and exported.meta["exported_from"] == str(run_ema)
+    distill_gain.check_export_target(args, run_ema)  # a rerun of the same design reuses it
+    other = save_tiny_checkpoint(tmp_path / "other" / "runs" / "teacher" / "ema.pt", seed=1)
+    with pytest.raises(SystemExit, match="exported.pt: exists, but it is not .*other"):
+        distill_gain.check_export_target(args, other)
+    with pytest.raises(SystemExit, match="after 500 steps"):
+        distill_gain.check_export_target(argparse.Namespace(**{**vars(args), "teacher_steps": 500}), run_ema)
