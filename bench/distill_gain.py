@@ -422,8 +422,7 @@ class ArmTrainer:
         self.changed = threading.Condition()  # guards pending; notified on a new job and on the teacher's end
         self.pending: list[Job] = []
         self.futures: dict[tuple[int, str], Future] = {}
-        self.teacher: Future = Future()
-        self.teacher.add_done_callback(lambda _: self._notify())
+        self.teacher: Future = Future()  # the teacher's checkpoint; replaced by its job's future when trained here
 
     def _notify(self) -> None:
         with self.changed:
@@ -452,6 +451,7 @@ class ArmTrainer:
     def use_teacher(self, ckpt: Path) -> None:
         """A teacher trained elsewhere (``--teacher``)."""
         self.teacher.set_result(ckpt)
+        self._notify()
 
     def train_teacher(self) -> Future:
         """Queue the teacher's run (first of all); the result is its EMA checkpoint."""
@@ -464,20 +464,11 @@ class ArmTrainer:
         return self.queue_teacher(Job((-1, 0), False, fn))
 
     def queue_teacher(self, job: Job) -> Future:
-        """Queue the teacher's training: its result becomes ``self.teacher``, which PVD arms wait for."""
-        job.future.add_done_callback(self._teacher_done)
+        """Queue the teacher's training: its future becomes ``self.teacher``, which PVD arms wait for."""
+        self.teacher = job.future
+        job.future.add_done_callback(lambda _: self._notify())  # PVD arms become runnable
         self.queue(job)
         return self.teacher
-
-    def _teacher_done(self, run: Future) -> None:
-        if self.teacher.done():  # given up on by close()
-            return
-        if run.cancelled():
-            self.teacher.cancel()
-        elif run.exception() is not None:
-            self.teacher.set_exception(run.exception())
-        else:
-            self.teacher.set_result(run.result())
 
     def submit(self, seed: int, arm: str, base: str, distill: Optional[dict[str, Any]]) -> Future:
         """Queue one arm (or return the one already queued); the result is the run's EMA checkpoint."""
@@ -498,8 +489,7 @@ class ArmTrainer:
         with self.changed:
             for job in self.pending:
                 job.future.cancel()
-        if not self.teacher.done():
-            self.teacher.cancel()  # wakes the workers that wait for it
+        self.teacher.cancel()  # not started: wakes the workers that wait for it (running: they wait for its end)
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
