@@ -32,6 +32,10 @@ Design (issue 11), on `pvd synth` data:
   arms of the first ``--min-pairs`` seeds (needed whatever the verdict) are queued at the start: the
   baselines, which need no teacher, train while it does, and pairs still finish in seed order; later
   seeds are trained a pair at a time, as the rule asks for them.
+- The teacher, once trained and scored, is written to RESULTS_teacher.json (+ .md) at once: per-class
+  IoU and support and, with ``--margin-against`` an earlier results file of the same design, its lead
+  over those baselines class by class (the clear-margin rule), so whether a teacher is fair is known
+  before hours of pairs. ``--teacher-only`` stops there; ``--jobs 1`` gives a lone teacher every core.
 - Ablations: each of the four terms off and the three other samplers, ``--ablation-pairs``
   seeds each, paired against full PVD at the same seed.
 - mIoU is over one fixed class list, the classes present in the validation ground truth
@@ -107,8 +111,11 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run(cmd: list[str], log: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+def run(cmd: list[str], log: Path, threads: int = 1) -> None:
+    """Run one tool (``pvd``: the one installed beside this interpreter, so a venv need not be active)."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1",
+               PATH=os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
@@ -161,7 +168,7 @@ def write_config(out: Path, name: str, base: str, args: argparse.Namespace, seed
 
 
 def train(out: Path, data: Path, name: str, cfg: Path, steps: int, teacher: Optional[Path],
-          extra: tuple[str, ...] = ()) -> Path:
+          extra: tuple[str, ...] = (), threads: int = 1) -> Path:
     """Train (or resume, or reuse) one run; returns its EMA checkpoint. ``extra``: more CLI flags."""
     run_dir = out / "runs" / name
     if (run_dir / "ema.pt").is_file():
@@ -170,13 +177,13 @@ def train(out: Path, data: Path, name: str, cfg: Path, steps: int, teacher: Opti
         if int(load_checkpoint(run_dir / "ema.pt").meta.get("step", 0)) >= steps:
             return run_dir / "ema.pt"
     cmd = ["pvd", "distill" if teacher else "train", "--config", str(cfg), "--data-root", str(data),
-           "--out", str(run_dir), "--max-steps", str(steps), "--threads", "1", "--no-progress", *extra]
+           "--out", str(run_dir), "--max-steps", str(steps), "--threads", str(threads), "--no-progress", *extra]
     if teacher:
         cmd[4:4] = ["--teacher", str(teacher)]
     if (run_dir / "last.pt").is_file():
         cmd.append("--resume")
     say(f"{name}: {'distill' if teacher else 'train'} {steps} steps")
-    run(cmd, out / "logs" / f"{name}.log")
+    run(cmd, out / "logs" / f"{name}.log", threads)
     return run_dir / "ema.pt"
 
 
@@ -407,7 +414,7 @@ def next_job(pending: list[Job], teacher_ready: bool) -> Optional[Job]:
 
 
 class ArmTrainer:
-    """Trains the teacher and the arms on ``--jobs`` workers (one torch thread each), each run once.
+    """Trains the teacher and the arms on ``--jobs`` workers (``--threads`` torch threads each), each run once.
 
     Why one queue for everything: a PVD arm takes about 1.6x a baseline's time, so trained pair by
     pair one of two cores idles for a third of every pair, and a baseline needs no teacher, so it
@@ -458,7 +465,7 @@ class ArmTrainer:
         cfg = write_config(self.out, "teacher", "synthetic_teacher.yaml", self.args, 0, student=False)
 
         def fn() -> Path:
-            ema = train(self.out, self.data, "teacher", cfg, self.args.teacher_steps, None)
+            ema = train(self.out, self.data, "teacher", cfg, self.args.teacher_steps, None, threads=self.args.threads)
             return export_teacher(ema, self.args) if self.args.export_teacher else ema
 
         return self.queue_teacher(Job((-1, 0), False, fn))
@@ -479,7 +486,7 @@ class ArmTrainer:
             def fn() -> Path:
                 cfg = write_config(self.out, name, base, self.args, seed, distill)
                 teacher = self.teacher.result() if distill is not None else None
-                return train(self.out, self.data, name, cfg, self.args.steps, teacher)
+                return train(self.out, self.data, name, cfg, self.args.steps, teacher, threads=self.args.threads)
 
             self.futures[key] = self.queue(Job((seed, 1 if distill is None else 0), distill is not None, fn))
         return self.futures[key]
@@ -528,6 +535,40 @@ def clearly_ahead(row: dict[str, Any]) -> bool:
     """Is the teacher ahead of the mean baseline in this per-class row by a clear margin (CLEAR_MARGIN_SD)?"""
     lead = row["teacher"] - row["baseline_mean"]
     return lead > 0 and (row.get("baseline_sd") is None or lead >= CLEAR_MARGIN_SD * row["baseline_sd"])
+
+
+def margin_reference(path: Path, data_info: dict[str, Any], args: argparse.Namespace) -> dict[str, dict]:
+    """The per-class baselines (mean, seed sd, support) of an earlier results file of this design:
+    same data, student, student steps and EMA, or the comparison would be of different students."""
+    doc = json.loads(path.read_text())
+    if "per_class" not in doc:
+        raise SystemExit(f"--margin-against {path}: no per_class baselines (no pair scored in full)")
+    mine = {**data_info, "student_model": STUDENT_MODEL, "steps": args.steps, "ema_decay": args.ema_decay}
+    theirs = {**doc.get("data", {}), "student_model": doc.get("student_model"),
+              **{k: doc.get("settings", {}).get(k) for k in ("steps", "ema_decay")}}
+    differ = sorted(k for k in mine if k != "root" and mine[k] != theirs.get(k))
+    if differ:
+        raise SystemExit(f"--margin-against {path}: another design ({', '.join(differ)} differ); its baselines "
+                         "say nothing about this teacher")
+    return doc["per_class"]
+
+
+def teacher_margin(teacher_iou: dict[str, float], support: dict[str, int],
+                   reference: dict[str, dict]) -> dict[str, Any]:
+    """The teacher's lead over earlier baselines of the same design, class by class (CLEAR_MARGIN_SD):
+    whether a teacher is fair is known before any pair is paid for. The same validation ground truth
+    is checked by its per-class support."""
+    moved = [c for c in teacher_iou if reference.get(c, {}).get("support") != support[c]]
+    if moved:
+        raise SystemExit(f"--margin-against: validation support differs in {moved}: other validation data")
+    rows = {c: {"teacher": v, "baseline_mean": reference[c]["baseline_mean"],
+                "baseline_sd": reference[c]["baseline_sd"], "lead": round(v - reference[c]["baseline_mean"], 3)}
+            for c, v in teacher_iou.items()}
+    for row in rows.values():
+        row["clearly_ahead"] = clearly_ahead(row)
+    return {"rule": f"teacher above the mean baseline by at least {CLEAR_MARGIN_SD} baseline sds", "per_class": rows,
+            "clearly_ahead_on": [c for c, r in rows.items() if r["clearly_ahead"]],
+            "not_ahead_on": [c for c, r in rows.items() if r["lead"] <= 0]}
 
 
 def baseline_sd(pairs: list[dict], cls: str) -> Optional[float]:
@@ -759,6 +800,48 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def publish_teacher(args: argparse.Namespace, scorer: Scorer, teacher: dict[str, Any], macs: dict,
+                    data_info: dict, command: str) -> Path:
+    """RESULTS_teacher.json (+ .md): the teacher is a finished run, so its scores are committed when it
+    ends, not with the first pair hours later; with ``--margin-against``, its lead per class."""
+    doc: dict[str, Any] = {"teacher": teacher, "classes": [scorer.teacher.label_map.class_names[c]
+                                                           for c in scorer.classes],
+                           "support": scorer.support(), "macs": macs, "data": data_info, "command": command,
+                           "scoring": f"EMA of weights (train.ema_decay {args.ema_decay}), ema.pt at the last step"}
+    if args.margin_against:
+        reference = margin_reference(args.margin_against, data_info, args)
+        doc["margin_against"] = {"results": repo_relative(args.margin_against.resolve()),
+                                 **teacher_margin(teacher["iou"], doc["support"], reference)}
+        say(f"teacher clearly ahead of {repo_relative(args.margin_against.resolve())}'s baselines on "
+            f"{len(doc['margin_against']['clearly_ahead_on'])} of {len(doc['classes'])} classes: "
+            f"{', '.join(doc['margin_against']['clearly_ahead_on']) or 'none'}")
+    path = args.results.with_name(args.results.stem + "_teacher.json")
+    write_json(path, doc)
+    write_teacher_markdown(doc, path.with_suffix(".md"))
+    return path
+
+
+def write_teacher_markdown(doc: dict[str, Any], path: Path) -> None:
+    t = doc["teacher"]
+    lines = [f"# Teacher of {path.stem.removesuffix('_teacher')}", "",
+             f"`{t['checkpoint']}`: {t['steps']} steps, mIoU **{t['miou']:.2f}** over the {len(doc['classes'])} "
+             f"classes of the validation ground truth; {doc['scoring']}. Seg loss by quarter of the run: "
+             f"{t['loss_curve_seg']}.", "", f"Command: `{doc['command']}`", ""]
+    m = doc.get("margin_against")
+    if m:
+        lines += [f"Against the baselines of `{m['results']}` (same data, student and steps); rule: {m['rule']}. "
+                  f"Clearly ahead on **{len(m['clearly_ahead_on'])} of {len(m['per_class'])}** classes.", "",
+                  "| class | support | teacher | baseline mean | baseline sd | lead | clear |",
+                  "|---|---:|---:|---:|---:|---:|:---:|"]
+        lines += [f"| {c} | {doc['support'][c]} | {r['teacher']:.2f} | {r['baseline_mean']:.2f} | "
+                  f"{_num(r['baseline_sd'], '.2f')} | {r['lead']:+.2f} | {'yes' if r['clearly_ahead'] else ''} |"
+                  for c, r in m["per_class"].items()]
+    else:
+        lines += ["| class | support | teacher IoU |", "|---|---:|---:|"]
+        lines += [f"| {c} | {doc['support'][c]} | {v:.2f} |" for c, v in t["iou"].items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def measure_macs(out: Path, args: argparse.Namespace, scan: str) -> dict[str, Any]:
     """Teacher and student MACs on one validation scan (``pvd profile``), measured once per work folder."""
     path = out / "macs.json"
@@ -790,7 +873,10 @@ def main() -> int:
     ap.add_argument("--margin", type=float, default=1.5, help="stop once the CI's upper bound is below this")
     ap.add_argument("--ablation-pairs", type=int, default=4)
     ap.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS))
-    ap.add_argument("--jobs", type=int, default=2, help="trainings at once (one torch thread each)")
+    ap.add_argument("--jobs", type=int, default=2, help="trainings at once")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of each training (default: CPU cores / --jobs, at least 1); "
+                         "--jobs 1 gives a lone teacher every core")
     ap.add_argument("--results", type=Path, default=RESULTS / "distill_gain.json")
     ap.add_argument("--teacher", type=Path, default=None,
                     help="a trained teacher checkpoint (e.g. models/bench/synthetic_teacher4000.pt) instead of "
@@ -798,11 +884,17 @@ def main() -> int:
     ap.add_argument("--export-teacher", type=Path, default=None, metavar="PATH",
                     help="write the trained teacher there as float16 (e.g. models/bench/synthetic_teacher8000.pt, "
                          "to commit) and distil from and score against that file")
+    ap.add_argument("--margin-against", type=Path, default=None, metavar="RESULTS",
+                    help="an earlier results JSON of this design (e.g. the replication's): the teacher's per-class "
+                         "lead over its baselines is written to RESULTS_teacher.json before any pair is trained")
+    ap.add_argument("--teacher-only", action="store_true",
+                    help="train, export and score the teacher (RESULTS_teacher.json), then stop: no pairs")
     ap.add_argument("--pairs-dir", type=Path, default=None,
                     help="one JSON + NPZ per pair (default: RESULTS_pairs/ beside --results, committed with it)")
     args = ap.parse_args()
     if args.teacher and args.export_teacher:
         ap.error("--teacher and --export-teacher: a given teacher is already a file; export only one trained here")
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
     if args.teacher_steps < args.steps:
         ap.error(f"--teacher-steps {args.teacher_steps} < --steps {args.steps}: the teacher must train at least "
                  "as long as the students, or the 'gap' is partly extra optimisation")
@@ -817,6 +909,8 @@ def main() -> int:
     pairs_dir = (args.pairs_dir or args.results.with_name(args.results.stem + "_pairs")).resolve()
     data = out / "data"
     data_info = make_data(data, args, out / "logs" / "synth.log")
+    if args.margin_against:  # a reference of another design stops the harness now, not after the teacher
+        margin_reference(args.margin_against, data_info, args)
 
     arms = {"baseline": ("synthetic_student.yaml", None), "pvd": ("synthetic_distill.yaml", {})}
     trainer = ArmTrainer(out, data, args)
@@ -825,7 +919,7 @@ def main() -> int:
     else:
         trainer.train_teacher()
     seeds = range(args.first_seed, args.first_seed + args.max_pairs)
-    for seed in seeds[:args.min_pairs]:  # needed whatever the verdict: queued now, trained as workers free up
+    for seed in seeds[:0 if args.teacher_only else args.min_pairs]:  # needed whatever the verdict: queued now
         if not (pairs_dir / f"pair_{seed}.json").is_file():
             for arm in ("pvd", "baseline"):
                 trainer.submit(seed, arm, *arms[arm])
@@ -838,6 +932,9 @@ def main() -> int:
                    "checkpoint": repo_relative(teacher_ckpt)}
         macs = measure_macs(out, args, scorer.files[0][0])
         say(f"teacher mIoU {teacher['miou']:.2f}; student/teacher MACs {macs['ratio']}")
+        publish_teacher(args, scorer, teacher, macs, data_info, command)
+        if args.teacher_only:
+            return 0
         check_pairs_teacher(pairs_dir, teacher["iou"])
 
         pairs: list[dict] = []

@@ -183,3 +183,27 @@ def test_the_exported_teacher_is_the_runs_own_or_the_harness_stops_before_traini
         distill_gain.check_export_target(args, other)
     with pytest.raises(SystemExit, match="after 500 steps"):
         distill_gain.check_export_target(argparse.Namespace(**{**vars(args), "teacher_steps": 500}), run_ema)
+
+
+def test_a_teachers_margin_is_judged_only_against_baselines_of_the_same_design(tmp_path: Path) -> None:
+    data = {"root": "/runs/a/data", "sensor": "vlp16", "columns": 600, "val_sequences": ["08", "09", "10"]}
+    per_class = {"car": {"baseline_mean": 90.0, "baseline_sd": 2.0, "support": 100},
+                 "road": {"baseline_mean": 80.0, "baseline_sd": 1.0, "support": 500}}
+    ref = tmp_path / "replication.json"
+    ref.write_text(json.dumps({"per_class": per_class, "data": data, "student_model": distill_gain.STUDENT_MODEL,
+                               "settings": {"steps": 4000, "ema_decay": 0.99}}))
+    args = argparse.Namespace(steps=4000, ema_decay=0.99)
+    mine = {**data, "root": "/runs/b/data"}  # another work folder of the same design: fine
+    assert distill_gain.margin_reference(ref, mine, args) == per_class
+    with pytest.raises(SystemExit, match="replication.json: another design \\(steps differ\\)"):
+        distill_gain.margin_reference(ref, mine, argparse.Namespace(steps=2000, ema_decay=0.99))
+    with pytest.raises(SystemExit, match="columns differ"):
+        distill_gain.margin_reference(ref, {**mine, "columns": 120}, args)
+
+    margin = distill_gain.teacher_margin({"car": 95.0, "road": 81.0}, {"car": 100, "road": 500}, per_class)
+    assert margin["clearly_ahead_on"] == ["car"]  # road: ahead by 1, inside 2 sds
+    assert margin["per_class"]["road"] == {"teacher": 81.0, "baseline_mean": 80.0, "baseline_sd": 1.0,
+                                           "lead": 1.0, "clearly_ahead": False}
+    assert distill_gain.teacher_margin({"car": 85.0}, {"car": 100}, per_class)["not_ahead_on"] == ["car"]
+    with pytest.raises(SystemExit, match="support differs in \\['road'\\]"):  # other validation scans
+        distill_gain.teacher_margin({"car": 95.0, "road": 81.0}, {"car": 100, "road": 499}, per_class)
