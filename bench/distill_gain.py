@@ -35,7 +35,8 @@ Design (issue 11), on `pvd synth` data:
 - The teacher, once trained and scored, is written to RESULTS_teacher.json (+ .md) at once: per-class
   IoU and support and, with ``--margin-against`` an earlier results file of the same design, its lead
   over those baselines class by class (the clear-margin rule), so whether a teacher is fair is known
-  before hours of pairs. ``--teacher-only`` stops there; ``--jobs 1`` gives a lone teacher every core.
+  before hours of pairs (kept as first written unless a later run adds a margin). ``--teacher-only``
+  stops there; ``--jobs 1`` gives a lone teacher every core.
 - Ablations: each of the four terms off and the three other samplers, ``--ablation-pairs``
   seeds each, paired against full PVD at the same seed.
 - mIoU is over one fixed class list, the classes present in the validation ground truth
@@ -816,6 +817,10 @@ def publish_teacher(args: argparse.Namespace, scorer: Scorer, teacher: dict[str,
             f"{len(doc['margin_against']['clearly_ahead_on'])} of {len(doc['classes'])} classes: "
             f"{', '.join(doc['margin_against']['clearly_ahead_on']) or 'none'}")
     path = args.results.with_name(args.results.stem + "_teacher.json")
+    if path.is_file():  # kept as its first writer left it unless this run adds a margin it lacks: a rerun
+        old = json.loads(path.read_text())  # (or --teacher, whose folder has no loss log) adds nothing
+        if old["teacher"]["iou"] == teacher["iou"] and doc.get("margin_against") in (None, old.get("margin_against")):
+            return path
     write_json(path, doc)
     write_teacher_markdown(doc, path.with_suffix(".md"))
     return path
