@@ -207,3 +207,37 @@ def test_a_teachers_margin_is_judged_only_against_baselines_of_the_same_design(t
     assert distill_gain.teacher_margin({"car": 85.0}, {"car": 100}, per_class)["not_ahead_on"] == ["car"]
     with pytest.raises(SystemExit, match="support differs in \\['road'\\]"):  # other validation scans
         distill_gain.teacher_margin({"car": 95.0, "road": 81.0}, {"car": 100, "road": 499}, per_class)
+
+
+def test_the_teachers_result_file_keeps_its_first_writing_unless_a_rerun_adds_a_margin(tmp_path: Path) -> None:
+    """A later session passes the committed teacher as --teacher: its folder has no loss log, so a
+    rewrite would drop the loss curve and the command that made the file."""
+    from types import SimpleNamespace
+
+    names = ["car", "road"]
+    scorer = SimpleNamespace(teacher=SimpleNamespace(label_map=SimpleNamespace(class_names=names)), classes=[0, 1],
+                             support=lambda: {"car": 100, "road": 500})
+    first = {"miou": 88.0, "iou": {"car": 95.0, "road": 81.0}, "steps": 8000, "loss_curve_seg": [1.3, 0.7, 0.5, 0.4],
+             "checkpoint": "models/bench/t.pt"}
+    args = argparse.Namespace(results=tmp_path / "design.json", ema_decay=0.99, margin_against=None, steps=4000)
+    path = distill_gain.publish_teacher(args, scorer, first, {}, {}, "python first")
+    assert path == tmp_path / "design_teacher.json" and path.with_suffix(".md").is_file()
+    rerun = {**first, "loss_curve_seg": []}  # the same teacher given as a file: no loss log
+    distill_gain.publish_teacher(args, scorer, rerun, {}, {}, "python rerun")
+    assert json.loads(path.read_text())["command"] == "python first"
+    assert json.loads(path.read_text())["teacher"]["loss_curve_seg"] == [1.3, 0.7, 0.5, 0.4]
+
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({"per_class": {"car": {"baseline_mean": 90.0, "baseline_sd": 2.0, "support": 100},
+                                             "road": {"baseline_mean": 80.0, "baseline_sd": 1.0, "support": 500}},
+                               "data": {}, "student_model": distill_gain.STUDENT_MODEL,
+                               "settings": {"steps": 4000, "ema_decay": 0.99}}))
+    with_margin = argparse.Namespace(**{**vars(args), "margin_against": ref})
+    distill_gain.publish_teacher(with_margin, scorer, first, {}, {}, "python margin")
+    doc = json.loads(path.read_text())
+    assert doc["command"] == "python margin" and doc["margin_against"]["clearly_ahead_on"] == ["car"]
+    assert "| car | 100 | 95.00 | 90.00 | 2.00 | +5.00 | yes |" in path.with_suffix(".md").read_text()
+    distill_gain.publish_teacher(args, scorer, rerun, {}, {}, "python rerun")  # no margin given: kept
+    assert json.loads(path.read_text())["command"] == "python margin"
+    distill_gain.publish_teacher(args, scorer, {**first, "iou": {"car": 96.0, "road": 81.0}}, {}, {}, "python other")
+    assert json.loads(path.read_text())["command"] == "python other"  # another teacher is written
