@@ -538,6 +538,11 @@ def clearly_ahead(row: dict[str, Any]) -> bool:
     return lead > 0 and (row.get("baseline_sd") is None or lead >= CLEAR_MARGIN_SD * row["baseline_sd"])
 
 
+def scoring(args: argparse.Namespace) -> str:
+    """How every run of a design is scored, as its result files say."""
+    return f"EMA of weights (train.ema_decay {args.ema_decay}), ema.pt at the last step"
+
+
 def margin_reference(path: Path, data_info: dict[str, Any], args: argparse.Namespace) -> dict[str, dict]:
     """The per-class baselines (mean, seed sd, support) of an earlier results file of this design:
     same data, student, student steps and EMA, or the comparison would be of different students."""
@@ -636,7 +641,7 @@ def summarise(args: argparse.Namespace, pairs_dir: Path, scorer: Scorer, teacher
         # Exploratory, not the verdict: is the mean gain typical of the pairs or carried by a few?
         "gain_per_pair": {"median": round(ranks.median, 4), "pvd_ahead": ranks.treated_ahead,
                           "baseline_ahead": ranks.baseline_ahead, "wilcoxon_p": ranks.wilcoxon_p},
-        "scoring": f"EMA of weights (train.ema_decay {args.ema_decay}), ema.pt at the last step",
+        "scoring": scoring(args),
     }
     if len(full_pairs) < len(pairs):
         # Fidelity, the bootstrap over scans and the per-class figures need a pair's per-scan matrices.
@@ -808,7 +813,7 @@ def publish_teacher(args: argparse.Namespace, scorer: Scorer, teacher: dict[str,
     doc: dict[str, Any] = {"teacher": teacher, "classes": [scorer.teacher.label_map.class_names[c]
                                                            for c in scorer.classes],
                            "support": scorer.support(), "macs": macs, "data": data_info, "command": command,
-                           "scoring": f"EMA of weights (train.ema_decay {args.ema_decay}), ema.pt at the last step"}
+                           "scoring": scoring(args)}
     if args.margin_against:
         reference = margin_reference(args.margin_against, data_info, args)
         doc["margin_against"] = {"results": repo_relative(args.margin_against.resolve()),
