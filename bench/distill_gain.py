@@ -693,8 +693,7 @@ def summarise(args: argparse.Namespace, pairs_dir: Path, scorer: Scorer, teacher
                                                   "ci95": [round(x, 4) for x in vb.ci95]},
                                   "full_vs_baseline_same_seeds": round(fb.mean, 4) if runs else None}
     doc.update({"teacher_detail": teacher, "macs": macs, "data": data_info,
-                "settings": {k: v for k, v in vars(args).items()
-                             if k not in ("out", "results", "pairs_dir", "teacher", "export_teacher")},
+                "settings": run_settings(args),
                 "pairs_dir": repo_relative(pairs_dir),
                 "student_model": STUDENT_MODEL, "loss_curves_seg": {
                     f"{arm}_s{p['seed']}": p[arm]["loss_curve_seg"] for p in pairs for arm in ("baseline", "pvd")}})
@@ -866,7 +865,15 @@ def measure_macs(out: Path, args: argparse.Namespace, scan: str) -> dict[str, An
     return json.loads(path.read_text())
 
 
-def main() -> int:
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The options a results file records: machine-specific places (work folder, outputs, the teacher
+    file, which ``teacher_detail`` names) left out, any other path written repo-relative, so the
+    file is plain JSON (a Path option once broke the first summary of a run, after its first pair)."""
+    skip = ("out", "results", "pairs_dir", "teacher", "export_teacher")
+    return {k: repo_relative(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in skip}
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/distill_gain"), help="work folder (data, runs)")
     ap.add_argument("--steps", type=int, default=1500, help="optimiser steps of every student")
@@ -901,6 +908,11 @@ def main() -> int:
                     help="train, export and score the teacher (RESULTS_teacher.json), then stop: no pairs")
     ap.add_argument("--pairs-dir", type=Path, default=None,
                     help="one JSON + NPZ per pair (default: RESULTS_pairs/ beside --results, committed with it)")
+    return ap
+
+
+def main() -> int:
+    ap = parser()
     args = ap.parse_args()
     if args.teacher and args.export_teacher:
         ap.error("--teacher and --export-teacher: a given teacher is already a file; export only one trained here")

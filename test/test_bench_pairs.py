@@ -241,3 +241,20 @@ def test_the_teachers_result_file_keeps_its_first_writing_unless_a_rerun_adds_a_
     assert json.loads(path.read_text())["command"] == "python margin"
     distill_gain.publish_teacher(args, scorer, {**first, "iou": {"car": 96.0, "road": 81.0}}, {}, {}, "python other")
     assert json.loads(path.read_text())["command"] == "python other"  # another teacher is written
+
+
+def test_a_results_files_settings_are_plain_json_with_every_path_option_given(tmp_path: Path) -> None:
+    """The 4000/8000 design's command as run: its first summary, after hours of training, must not
+    fail on a Path (``--margin-against`` once did) nor record where this machine keeps its runs."""
+    repo = Path(__file__).resolve().parents[1]
+    reference = repo / "bench" / "results" / "distill_gain_students4000_replication.json"
+    args = distill_gain.parser().parse_args([
+        "--out", str(tmp_path / "runs"), "--steps", "4000", "--teacher-steps", "8000",
+        "--teacher", str(repo / "models" / "bench" / "synthetic_teacher8000.pt"),
+        "--results", str(tmp_path / "design.json"), "--pairs-dir", str(tmp_path / "pairs"),
+        "--margin-against", str(reference)])
+    settings = json.loads(json.dumps(distill_gain.run_settings(args)))
+    assert settings["margin_against"] == "bench/results/distill_gain_students4000_replication.json"
+    assert settings["steps"] == 4000 and settings["teacher_steps"] == 8000
+    assert not {"out", "results", "pairs_dir", "teacher", "export_teacher"} & set(settings)
+    assert str(tmp_path) not in json.dumps(settings)
