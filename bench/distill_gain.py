@@ -815,9 +815,9 @@ def publish_teacher(args: argparse.Namespace, scorer: Scorer, teacher: dict[str,
                            "scoring": scoring(args)}
     if args.margin_against:
         reference = margin_reference(args.margin_against, data_info, args)
-        doc["margin_against"] = {"results": repo_relative(args.margin_against.resolve()),
+        doc["margin_against"] = {"results": repo_relative(args.margin_against),
                                  **teacher_margin(teacher["iou"], doc["support"], reference)}
-        say(f"teacher clearly ahead of {repo_relative(args.margin_against.resolve())}'s baselines on "
+        say(f"teacher clearly ahead of {repo_relative(args.margin_against)}'s baselines on "
             f"{len(doc['margin_against']['clearly_ahead_on'])} of {len(doc['classes'])} classes: "
             f"{', '.join(doc['margin_against']['clearly_ahead_on']) or 'none'}")
     path = args.results.with_name(args.results.stem + "_teacher.json")
@@ -868,7 +868,7 @@ def measure_macs(out: Path, args: argparse.Namespace, scan: str) -> dict[str, An
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The options a results file records: machine-specific places (work folder, outputs, the teacher
     file, which ``teacher_detail`` names) left out, any other path written repo-relative, so the
-    file is plain JSON (a Path option once broke the first summary of a run, after its first pair)."""
+    file is plain JSON: a Path left in fails the first summary, hours into a run."""
     skip = ("out", "results", "pairs_dir", "teacher", "export_teacher")
     return {k: repo_relative(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in skip}
 
